@@ -1,0 +1,118 @@
+"""The Hydra apps behind `train` and `profile`: compose the config, run each job, one line per failure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.errors import RunFailed, UserError, is_users, one_line
+from experiments.logging.noise import silence_library_noise
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def run_name(*, _root_: DictConfig) -> str:
+    """`resnet56-cifar10-s0-1a2b3c`: what runs, plus a hash of the whole config.
+
+    A run directory named this way is a function of the config, so re-running a command (or a requeued
+    SLURM job) finds its checkpoint, and two different configs never share a directory.
+    """
+    config = OmegaConf.to_container(_root_, resolve=False)
+    config.pop("hydra", None)
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return f"{_root_.arch.name}{_root_.arch.depth}-{_root_.dataset.name}-s{_root_.seed}-{digest}"
+
+
+def unique_dir(pattern: str) -> str:
+    """A new directory named by `pattern` (strftime), suffixed -2, -3, ... when a sweep already took it."""
+    base = time.strftime(pattern)
+    for n in range(1, 1000):
+        path = base if n == 1 else f"{base}-{n}"
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"could not create a new sweep directory under {base}")
+
+
+# Cached: Hydra copies resolver caches into every job's config (and pickles them for SLURM jobs), so a
+# sweep's directory is resolved once and stays the same for all its jobs, requeued ones included.
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True, replace=True)
+
+failures: list[str] = []  # runs of this process that failed; their one-line errors were printed
+MAIN_PID = os.getpid()
+
+
+def _job(command: str) -> Callable[[DictConfig], Any]:
+    def task(cfg: DictConfig) -> Any:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            if command == "train":
+                from experiments.train import train
+
+                return train(cfg, run_dir)
+            from experiments.measure.profile import profile
+
+            return profile(cfg, run_dir)
+        except Exception as error:
+            if os.environ.get("EXPERIMENTS_FULL_ERROR") and not isinstance(error, RunFailed):
+                raise
+            message = one_line(error)
+            if not is_users(error):
+                message += " (HYDRA_FULL_ERROR=1 shows the traceback)"
+            print(f"error: {message}", file=sys.stderr)
+            if os.getpid() != MAIN_PID:  # a launcher's worker process: its launcher collects the failure
+                raise RunFailed(message) from None
+            failures.append(f"{run_dir}: {message}")
+            return None
+
+    return task
+
+
+def run(command: str, args: list[str]) -> int:
+    """Run `command` as a Hydra app with `args` as its command line; returns the exit status."""
+    if not CONF_DIR.is_dir():
+        print(
+            f"error: config directory {CONF_DIR} not found: install the project with `pip install -e .`",
+            file=sys.stderr,
+        )
+        return 2
+    # Hydra prints multi-line reports with stack traces unless HYDRA_FULL_ERROR is set, in which case it
+    # raises: we let it raise and print one line ourselves, or the full traceback if the user asked for it.
+    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    if full_error:
+        os.environ["EXPERIMENTS_FULL_ERROR"] = "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)(_job(command))
+    argv, sys.argv = sys.argv, [sys.argv[0], *args]
+    failures.clear()
+    silence_library_noise()
+    try:
+        app()
+    except RunFailed as error:  # raised by a run in a launcher's worker process
+        print(f"error: a run failed: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        if full_error:
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = argv
+        if not full_error:
+            del os.environ["HYDRA_FULL_ERROR"]
+    if len(failures) > 1:
+        print(f"error: {len(failures)} runs failed:", *failures, sep="\n  ", file=sys.stderr)
+    return 1 if failures else 0

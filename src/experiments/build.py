@@ -1,0 +1,73 @@
+"""From config to objects: the data module, the model and the device settings that train and profile share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from experiments.errors import UserError
+
+
+def build_datamodule(
+    cfg: DictConfig,
+):  # -> a LightningDataModule with name, num_classes, in_channels, image_size
+    try:
+        return instantiate(cfg.dataset, seed=cfg.seed)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, UserError):
+            raise error.__cause__ from None
+        raise UserError(f"dataset: {error.__cause__ or error}") from None
+
+
+def build_model(cfg: DictConfig, datamodule) -> nn.Module:
+    from experiments.models import create_model
+
+    kwargs = OmegaConf.to_container(cfg.arch, resolve=True)
+    name = kwargs.pop("name")
+    try:
+        return create_model(
+            name,
+            num_classes=datamodule.num_classes,
+            in_channels=datamodule.in_channels,
+            image_size=datamodule.image_size,
+            **kwargs,
+        )
+    except (ValueError, TypeError) as error:
+        raise UserError(f"arch: {error}") from None
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@dataclass
+class Device:
+    """Where a run computes and how: resolved from trainer.accelerator, precision and channels_last."""
+
+    cuda: bool
+    precision: str
+    channels_last: bool
+
+    @property
+    def name(self) -> str:
+        return torch.cuda.get_device_name() if self.cuda else "cpu"
+
+
+def resolve_device(cfg: DictConfig) -> Device:
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here; "
+            "use trainer=cpu or trainer=default"
+        )
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = str(cfg.precision)
+    if precision == "auto":
+        precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
+    channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    return Device(cuda, precision, channels_last)

@@ -1,0 +1,43 @@
+"""DDP's extra ranks: Lightning starts them by re-running our command line, and they join the parent's run.
+
+Re-running the command would make Hydra compose the config again and create a run directory per rank (in
+a multirun, even a whole new sweep). Instead the parent hands each rank its resolved config and run
+directory through the environment, and the rank trains with exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+WORKER_ENV = "EXPERIMENTS_DDP_RUN"
+
+
+@contextmanager
+def worker_env(cfg, run_dir: Path) -> Iterator[None]:
+    """While fitting, child processes find this run's config and directory in the environment."""
+    from omegaconf import OmegaConf
+
+    os.environ[WORKER_ENV] = json.dumps(
+        {"run_dir": str(run_dir.resolve()), "config": OmegaConf.to_container(cfg, resolve=True)}
+    )
+    try:
+        yield
+    finally:
+        del os.environ[WORKER_ENV]
+
+
+def run_worker() -> int:
+    """Entry point of a DDP rank started by Lightning: train the parent's run; rank 0 records it."""
+    from omegaconf import OmegaConf
+
+    from experiments.logging.noise import silence_library_noise
+    from experiments.train import train
+
+    silence_library_noise()
+    spec = json.loads(os.environ[WORKER_ENV])
+    train(OmegaConf.create(spec["config"]), Path(spec["run_dir"]))
+    return 0

@@ -1,0 +1,42 @@
+"""User-facing errors: anything a user can mistype ends as one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import re
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; its message is the one line they see."""
+
+
+class RunFailed(Exception):
+    """A run ended without completing; its one-line reason was already printed and recorded."""
+
+
+def is_users(error: BaseException) -> bool:
+    """Whether `error` is the user's to fix (their one line says how) rather than a bug of ours."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    return isinstance(error, (UserError, RunFailed, MissingMandatoryValue))
+
+
+def one_line(error: BaseException) -> str:
+    """The message a user sees for `error`: Hydra's multi-line composition errors condensed to one line."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(error, MissingMandatoryValue) or isinstance(error.__cause__, MissingMandatoryValue):
+        key = getattr(error, "full_key", None) or getattr(error.__cause__, "full_key", "")
+        return f"{key} must be set: add {key}=VALUE to the command"
+    if isinstance(error, MissingConfigException) and error.options is not None:
+        missing = error.missing_cfg_file or ""
+        group, _, name = missing.rpartition("/")
+        return f"unknown {group or 'config'} option '{name}'; valid: {', '.join(sorted(error.options))}"
+    text = str(error)
+    cause = error.__cause__
+    key = re.search(r"Could not override '([^']+)'", text)
+    if key and cause is not None and "not in struct" in str(cause):
+        return f"unknown config key '{key.group(1)}' (misspelled? `--cfg job` lists the keys)"
+    if isinstance(error, UserError) or cause is None:
+        return " ".join(text.split())
+    return " ".join(f"{text}: {cause}".split())

@@ -1,0 +1,128 @@
+"""Comet, online when a key is configured and the server answers, otherwise an offline archive.
+
+Lightning's own CometLogger cannot log offline in 2.5-2.6 (`online=False` becomes `disabled=True`,
+Lightning issue #21617), so this is a small Lightning Logger over an experiment we start ourselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+from pytorch_lightning.utilities import rank_zero_only
+
+from experiments.errors import UserError
+
+log = logging.getLogger(__name__)
+# Read by comet_ml at import: no monkey-patching of torch, only warnings on the console (we print the lines
+# that matter ourselves), and no error reports to Comet's Sentry (offline runs would retry them at exit).
+os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
+os.environ.setdefault("COMET_LOGGING_CONSOLE", "WARNING")
+os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
+REACHABLE_TIMEOUT_S = 5
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"arch": {"depth": 56}} -> {"arch.depth": 56}: Hydra's key names."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def server_unreachable() -> str | None:
+    """Why Comet's server cannot be reached within a few seconds, or None when it answers."""
+    from comet_ml.config import get_comet_root_url
+    from comet_ml.connection.connection_url_helpers import get_backend_version_url
+
+    url = get_backend_version_url(get_comet_root_url())
+    try:
+        with urllib.request.urlopen(url, timeout=REACHABLE_TIMEOUT_S):
+            return None
+    except Exception as error:
+        return f"{url}: {getattr(error, 'reason', error)}"
+
+
+def start_experiment(
+    run_dir: Path, name: str, tags: list[str], project: str, workspace: str | None, online: str | bool
+) -> tuple[Any, str]:
+    """Start this run's Comet experiment; returns it and its mode, "online" or "offline"."""
+    import comet_ml
+    from comet_ml.config import get_api_key, get_config
+
+    has_key = get_api_key(None, get_config()) is not None
+    if online is True and not has_key:
+        raise UserError("logger.online=true but no Comet API key: set COMET_API_KEY or run `comet login`")
+    go_online = has_key and online is not False
+    if go_online and (reason := server_unreachable()):
+        log.warning(f"Comet server unreachable ({reason}): logging offline")
+        go_online = False
+    config = comet_ml.ExperimentConfig(
+        name=name,
+        tags=tags,
+        offline_directory=str(run_dir / "comet"),
+        auto_output_logging=None,
+        log_code=False,
+        parse_args=False,
+        log_env_network=False,
+        display_summary_level=0,
+    )
+    experiment = comet_ml.start(
+        project_name=project, workspace=workspace, online=go_online, mode="create", experiment_config=config
+    )
+    return experiment, "online" if go_online else "offline"
+
+
+def end_experiment(experiment: Any, mode: str, run_dir: Path) -> dict[str, str]:
+    """End the experiment (one per run, also inside a multirun) and say where its data is."""
+    experiment.end()
+    if mode == "online":
+        log.info(f"Comet: {experiment.url}")
+        return {"mode": mode, "url": experiment.url}
+    archives = sorted((run_dir / "comet").glob(f"{experiment.id}*.zip"), key=os.path.getmtime)
+    if not archives:
+        log.warning("Comet wrote no offline archive")
+        return {"mode": mode}
+    archive = os.path.relpath(archives[-1])
+    log.info(f"Comet offline archive: {archive}  (upload: comet upload {archive})")
+    return {"mode": mode, "archive": str(archives[-1])}
+
+
+class CometLogger(Logger):
+    """Sends Lightning's logged hyperparameters and metrics to a Comet experiment (rank 0 only)."""
+
+    def __init__(self, experiment: Any) -> None:
+        super().__init__()
+        self._experiment = experiment
+
+    @property
+    def name(self) -> str:
+        return "comet"
+
+    @property
+    def version(self) -> str:
+        return self._experiment.id
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        return self._experiment
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Mapping[str, Any], *args: Any, **kwargs: Any) -> None:
+        self._experiment.log_parameters(flatten(params))
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float | torch.Tensor], step: int | None = None) -> None:
+        values = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+        epoch = values.pop("epoch", None)
+        self._experiment.log_metrics(values, step=step, epoch=None if epoch is None else int(epoch))

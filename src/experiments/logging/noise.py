@@ -1,0 +1,24 @@
+"""Library messages that say nothing about the run, filtered so the lines that matter stand out."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+
+
+def _drop(logger: str, *starts: str) -> None:
+    logging.getLogger(logger).addFilter(lambda record: not record.getMessage().startswith(starts))
+
+
+@functools.cache  # once per process: filters added twice would stack
+def silence_library_noise() -> None:
+    # Offline, Comet cannot resolve its server to read the host's IP, and says so with a traceback.
+    _drop("comet_ml.env_logging", "Failed to log ip")
+    # An advert printed by every Trainer without Lightning's own cloud logger.
+    _drop("pytorch_lightning.utilities.rank_zero", "💡 Tip")
+    # Small datasets (digits) have fewer batches per epoch than the step-logging interval: nothing is lost,
+    # epoch metrics are logged at the end of each epoch.
+    warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging")
+    # pytorch-lightning 2.6 calls a torch.utils._pytree API that newer torch deprecates.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")

@@ -1,0 +1,82 @@
+"""The run's local record: metrics.csv (a row per epoch) and summary.json, both written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename, so a killed process never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
+
+
+def _format(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.4g}"
+
+
+class EpochRecord(pl.Callback):
+    """Appends one row per epoch to metrics.csv (epoch, step, lr, train/val loss and accuracy, time) and,
+    when `print_lines`, prints it as one line (for logs that are not a terminal: CI, SLURM).
+
+    On resume, rows of epochs that will run again are dropped, so every epoch appears exactly once.
+    """
+
+    def __init__(self, path: Path, print_lines: bool) -> None:
+        self.path, self.print_lines = path, print_lines
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.rows = [r for r in read_rows(self.path) if int(r["epoch"]) < trainer.current_epoch]
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor)}
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **dict(sorted(metrics.items()))}
+        row["epoch_time_s"] = round(time.perf_counter() - self.started, 3)
+        self.rows.append(row)
+        write_rows(self.path, self.rows)
+        if self.print_lines:
+            shown = " ".join(f"{k} {_format(v)}" for k, v in metrics.items() if not k.startswith("test/"))
+            epoch = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+            log.info(f"{epoch}  {shown}  ({row['epoch_time_s']:.1f}s)")

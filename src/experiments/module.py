@@ -1,0 +1,84 @@
+"""The LightningModule: cross-entropy classification with the papers' optimiser and step-wise schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def lr_factor(
+    step: int,
+    total_steps: int,
+    name: str,
+    warmup_steps: int = 0,
+    milestones: Sequence[float] = (),
+    gamma: float = 0.1,
+) -> float:
+    """The learning rate at `step` as a multiple of the base rate.
+
+    multistep: times `gamma` at each milestone (a fraction of `total_steps`); cosine: decays to 0;
+    constant: 1. The first `warmup_steps` run at a tenth of the rate, as He et al. warm up ResNet-110.
+    """
+    if step < warmup_steps:
+        return 0.1
+    if name == "multistep":
+        return gamma ** sum(step >= m * total_steps for m in milestones)
+    if name == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
+    return 1.0
+
+
+class Classifier(pl.LightningModule):
+    """Trains `model` with cross-entropy; logs loss and accuracy per split and epoch, and the lr."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        schedule: dict,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.channels_last = channels_last
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        accuracy = (logits.argmax(1) == labels).float().mean()
+        metrics = {f"{split}/loss": loss.detach(), f"{split}/acc": accuracy}
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_train_epoch_start(self) -> None:
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer(self.parameters())
+        factor = partial(lr_factor, total_steps=self.trainer.estimated_stepping_batches, **self.schedule)
+        scheduler = LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,59 @@
+"""Test helpers: run the real CLI in a subprocess, read Comet's offline archives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user with no Comet key, no Comet config file and no datasets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMET_", "HYDRA_", "EXPERIMENTS_"))}
+    env.update(HOME=str(tmp_path / "home"), EXPERIMENTS_DATA_DIR=str(tmp_path / "data"), **extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600):
+    """`python -m experiments ARGS` in `cwd`, as a user types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", *args],
+        cwd=cwd,
+        env=env if env is not None else clean_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def archive_messages(archive: Path) -> list[dict]:
+    """The messages of a Comet offline archive (a zip holding messages.json, one JSON message per line)."""
+    with zipfile.ZipFile(archive) as z:
+        return [json.loads(line) for line in z.read("messages.json").decode().splitlines()]
+
+
+def archive_metrics(archive: Path) -> dict[str, list[float]]:
+    metrics: dict[str, list[float]] = {}
+    for message in archive_messages(archive):
+        if message["type"] == "metric_msg":
+            metric = message["payload"]["metric"]
+            metrics.setdefault(metric["metricName"], []).append(metric["metricValue"])
+    return metrics
+
+
+def archive_params(archive: Path) -> dict[str, object]:
+    return {
+        m["payload"]["param"]["paramName"]: m["payload"]["param"]["paramValue"]
+        for m in archive_messages(archive)
+        if m["type"] == "parameter_msg" and "param" in m["payload"]
+    }
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every run directory under `root` (one holding .hydra/), sorted."""
+    return sorted(p.parent for p in root.rglob(".hydra"))

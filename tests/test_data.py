@@ -1,0 +1,155 @@
+"""Data modules on real files: torchvision's on-disk formats written by the test, digits, synthetic."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from torchvision import datasets
+
+from experiments.data import Digits, Synthetic, TensorBatches, TorchvisionData
+from experiments.data.arrays import Split
+
+TRAIN, TEST = 60, 20
+
+
+def write_cifar(root: Path, name: str) -> None:
+    """CIFAR's python pickles: uint8 rows of 3072 (RGB planes) and labels."""
+    rng = np.random.default_rng(0)
+    folder, label_key, classes = {
+        "cifar10": ("cifar-10-batches-py", "labels", 10),
+        "cifar100": ("cifar-100-python", "fine_labels", 100),
+    }[name]
+    (root / folder).mkdir(parents=True)
+    files = (
+        [(f"data_batch_{i}", TRAIN // 5) for i in range(1, 6)] + [("test_batch", TEST)]
+        if name == "cifar10"
+        else [("train", TRAIN), ("test", TEST)]
+    )
+    for file, n in files:
+        batch = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            label_key: rng.integers(0, classes, n).tolist(),
+        }
+        (root / folder / file).write_bytes(pickle.dumps(batch))
+    meta_file, meta_key = (
+        ("batches.meta", "label_names") if name == "cifar10" else ("meta", "fine_label_names")
+    )
+    (root / folder / meta_file).write_bytes(pickle.dumps({meta_key: [f"c{i}" for i in range(classes)]}))
+
+
+def write_mnist(root: Path, folder: str) -> None:
+    """MNIST's idx files: a big-endian header (magic, sizes) and raw uint8 pixels / labels."""
+    rng = np.random.default_rng(0)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", TRAIN), ("t10k", TEST)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        header = np.array([0x803, n, 28, 28], dtype=">i4").tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            np.array([0x801, n], dtype=">i4").tobytes() + labels.tobytes()
+        )
+
+
+def write_svhn(root: Path) -> None:
+    """SVHN's .mat files: X as (32, 32, 3, N), y as (N, 1) with the digit 0 stored as 10."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", TRAIN), ("test", TEST)):
+        X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        scipy.io.savemat(root / f"{split}_32x32.mat", {"X": X, "y": rng.integers(1, 11, (n, 1))})
+
+
+WRITERS = {
+    "cifar10": lambda root: write_cifar(root, "cifar10"),
+    "cifar100": lambda root: write_cifar(root, "cifar100"),
+    "mnist": lambda root: write_mnist(root, "MNIST"),
+    "fashion_mnist": lambda root: write_mnist(root, "FashionMNIST"),
+    "svhn": write_svhn,
+}
+
+
+@pytest.fixture
+def skip_md5(monkeypatch):
+    """The files above are not the real ones: skip torchvision's md5 checks (in the test, not the product)."""
+    for cls in (datasets.CIFAR10, datasets.CIFAR100, datasets.SVHN):
+        monkeypatch.setattr(cls, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(datasets.cifar, "check_integrity", lambda path, md5=None: Path(path).exists())
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_torchvision_datasets_load_from_their_files(name, tmp_path, skip_md5):
+    WRITERS[name](tmp_path)
+    data = TorchvisionData(name, str(tmp_path), batch_size=16, val_size=10, crop_padding=4, flip=True)
+    data.prepare_data()  # files present: no download attempted
+    data.setup()
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": TRAIN - 10, "val": 10, "test": TEST}
+    images, labels = next(iter(data.train_dataloader()))
+    assert images.shape == (16, data.in_channels, data.image_size, data.image_size)
+    assert images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert labels.min() >= 0 and labels.max() < data.num_classes
+    # normalised with the training split's own statistics
+    everything = torch.cat(
+        [x for x, _ in data._batches("val")]
+        + [x for x, _ in TensorBatches(data.splits["train"], 64, data.mean, data.std, train=False)]
+    )
+    assert abs(everything.mean().item()) < 0.2
+
+
+def test_val_split_is_drawn_by_seed(tmp_path, skip_md5):
+    write_cifar(tmp_path, "cifar10")
+
+    def val_labels(seed: int) -> list[int]:
+        data = TorchvisionData("cifar10", str(tmp_path), batch_size=8, val_size=10, seed=seed)
+        data.setup()
+        return data.splits["val"].images.flatten(1)[:, 0].tolist()
+
+    assert val_labels(0) == val_labels(0) != val_labels(1)
+
+
+def test_digits_split_and_batches():
+    data = Digits("digits", batch_size=64, val_size=150)
+    data.setup()
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 1350, "val": 150, "test": 297}
+    images, _ = next(iter(data.train_dataloader()))
+    assert images.shape == (64, 1, 8, 8)
+    other_seed = Digits("digits", batch_size=64, val_size=150, seed=1)
+    other_seed.setup()
+    assert torch.equal(other_seed.splits["test"].images, data.splits["test"].images)
+
+
+def test_synthetic_has_any_shape():
+    data = Synthetic(
+        "synthetic",
+        image_size=20,
+        channels=5,
+        num_classes=3,
+        train_size=40,
+        val_size=8,
+        test_size=8,
+        batch_size=16,
+    )
+    data.setup()
+    images, labels = next(iter(data.train_dataloader()))
+    assert images.shape == (16, 5, 20, 20) and labels.max() < 3
+
+
+def test_batches_are_seeded_per_epoch_and_sharded_per_rank():
+    split = Split(torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1), torch.arange(100))
+    mean, std = torch.zeros(1), torch.ones(1)
+
+    def order(epoch: int, rank: int = 0, world: int = 1) -> list[int]:
+        batches = TensorBatches(split, 32, mean, std, train=True, seed=3, rank=rank, world_size=world)
+        batches.sampler.set_epoch(epoch)
+        return torch.cat([labels for _, labels in batches]).tolist()
+
+    assert order(0) == order(0) != order(1)
+    assert sorted(order(0)) == list(range(100))
+    halves = order(0, 0, 2) + order(0, 1, 2)
+    assert sorted(halves) == list(range(100))
+    assert len(TensorBatches(split, 32, mean, std, train=True)) == 4
