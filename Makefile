@@ -30,5 +30,8 @@ format: install
 demo: install
 	$(PY) -m experiments train arch=resnet arch.depth=20 dataset=digits trainer.max_epochs=5 hydra.run.dir=$(OUT)/resnet20
 
+bench: install
+	$(PY) bench/memory.py
+
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -75,7 +75,7 @@ BAD_INPUT = {
         ["trainer=tpu"],
         "unknown trainer option 'tpu'; valid: cpu, ddp, debug, default, gpu",
     ),
-    "misspelled key": (["arch.dpeth=20"], "unknown config key 'arch.dpeth'"),
+    "misspelled key": (["arch.dpeth=20"], "unknown config key 'arch.dpeth': misspelled?"),
     "impossible depth": (["arch=resnet", "arch.depth=21"], "6n+2, got 21; nearest valid: 20, 26"),
     "impossible densenet_bc depth": (["arch=densenet_bc", "arch.depth=101"], "6n+4, got 101"),
     "batch size 0": (["dataset.batch_size=0"], "dataset.batch_size must be a positive integer, got 0"),

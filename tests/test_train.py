@@ -176,9 +176,10 @@ def test_other_loggers(workdir):
         [
             "arch=densenet121",
             "dataset=synthetic",
-            "dataset.train_size=128",
-            "dataset.val_size=32",
-            "dataset.test_size=32",
+            "dataset.train_size=32",
+            "dataset.val_size=16",
+            "dataset.test_size=16",
+            "dataset.batch_size=16",
         ],
         pytest.param(["arch=densenet121", "dataset=synthetic"], marks=pytest.mark.slow),
         ["arch=densenet_bc", "dataset=digits"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
@@ -41,8 +42,38 @@ def build_model(cfg: DictConfig, datamodule) -> nn.Module:
         raise UserError(f"arch: {error}") from None
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def build_module(cfg: DictConfig, model: nn.Module, device: Device):  # -> Classifier
+    """The LightningModule around `model`, laid out and compiled for `device`."""
+    from experiments.module import Classifier
+
+    if device.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()
+    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    return Classifier(model, instantiate(cfg.optim), schedule, channels_last=device.channels_last)
+
+
+def describe(cfg: DictConfig, model: nn.Module, datamodule, device: Device) -> dict[str, Any]:
+    """The summary.json keys known before any step: what runs, where, and what the model costs."""
+    from experiments.measure.counts import activation_bytes, count_params, flops_per_image
+
+    image = (datamodule.in_channels, datamodule.image_size, datamodule.image_size)
+    measured = cfg.measure.enabled
+    return {
+        "arch": model.arch,
+        "depth": model.depth,
+        "dataset": datamodule.name,
+        "seed": cfg.seed,
+        "form": model.form,
+        "stem": model.stem_type,
+        "batch_size": datamodule.batch_size,
+        "params": count_params(model),
+        "flops_per_image": flops_per_image(model, image) if measured else None,
+        "activation_bytes": activation_bytes(model, (datamodule.batch_size, *image)) if measured else None,
+        "device": device.name,
+        "precision": device.precision,
+    }
 
 
 @dataclass

@@ -36,7 +36,8 @@ def one_line(error: BaseException) -> str:
     cause = error.__cause__
     key = re.search(r"Could not override '([^']+)'", text)
     if key and cause is not None and "not in struct" in str(cause):
-        return f"unknown config key '{key.group(1)}' (misspelled? `--cfg job` lists the keys)"
+        name = key.group(1)
+        return f"unknown config key '{name}': misspelled? (--cfg job lists the keys; +{name}=VALUE adds one)"
     if isinstance(error, UserError) or cause is None:
         return " ".join(text.split())
     return " ".join(f"{text}: {cause}".split())

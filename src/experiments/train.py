@@ -18,11 +18,12 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from experiments import distributed
-from experiments.build import build_datamodule, build_model, count_params, resolve_device
+from experiments.build import build_datamodule, build_model, build_module, describe, resolve_device
 from experiments.errors import RunFailed, UserError
 from experiments.logging import comet
 from experiments.logging.record import EpochRecord, write_json
-from experiments.module import Classifier
+from experiments.measure.cost import TrainingCost
+from experiments.measure.gradflow import GradientFlow
 
 log = logging.getLogger(__name__)
 
@@ -45,116 +46,87 @@ def _checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def _sweep_tag() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+def _loggers(cfg: DictConfig, run_dir: Path, experiment: Any) -> list[pl.loggers.Logger]:
+    loggers: list[pl.loggers.Logger] = []
+    if experiment is not None:
+        loggers.append(comet.CometLogger(experiment))
+    if cfg.logger.name == "csv":
+        loggers.append(CSVLogger(run_dir, name="csv", version=""))
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return loggers
 
-    hydra_cfg = HydraConfig.get()
-    return [f"sweep:{hydra_cfg.sweep.dir}"] if hydra_cfg.mode == RunMode.MULTIRUN else []
+
+def _completed_before(summary_path: Path) -> dict[str, Any] | None:
+    if summary_path.exists():
+        previous = json.loads(summary_path.read_text())
+        if previous.get("status") == "completed":
+            return previous
+    return None
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, test and record one run in `run_dir`; resume it if it was cut short. Returns the summary."""
     rank_zero = rank_zero_only.rank == 0
     summary_path = run_dir / "summary.json"
-    if rank_zero and summary_path.exists() and not cfg.ckpt_path:
-        previous = json.loads(summary_path.read_text())
-        if previous.get("status") == "completed":
-            log.info(f"{run_dir} already holds this run, completed: nothing to do ({summary_path})")
-            return previous
+    if rank_zero and not cfg.ckpt_path and (previous := _completed_before(summary_path)):
+        log.info(f"{run_dir} already holds this run, completed: nothing to do ({summary_path})")
+        return previous
     if not isinstance(cfg.trainer.max_epochs, int) or cfg.trainer.max_epochs < 1:
         raise UserError(f"trainer.max_epochs must be an integer >= 1, got {cfg.trainer.max_epochs!r}")
     started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     device = resolve_device(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
-    if device.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        model.compile()
-    module = Classifier(
-        model,
-        instantiate(cfg.optim),
-        OmegaConf.to_container(cfg.schedule, resolve=True),
-        channels_last=device.channels_last,
-    )
+    summary: dict[str, Any] = {
+        "command": "train",
+        "status": "failed",
+        **describe(cfg, model, datamodule, device),
+    }
+    module = build_module(cfg, model, device)
     ckpt_path = _checkpoint(cfg, run_dir)
     name = f"{model.arch}{model.depth}-{datamodule.name}-s{cfg.seed}"
-    summary: dict[str, Any] = {
-        "status": "failed",
-        "arch": model.arch,
-        "depth": model.depth,
-        "dataset": datamodule.name,
-        "seed": cfg.seed,
-        "form": model.form,
-        "stem": model.stem_type,
-        "params": count_params(model),
-        "flops_per_image": None,
-        "activation_bytes": None,
-        "peak_memory_bytes": None,
-        "step_time_ms": None,
-        "throughput": None,
-        "device": device.name,
-        "precision": device.precision,
-        "comet": {"mode": "disabled"},
-    }
+    experiment, summary["comet"] = (
+        comet.start(cfg.logger, run_dir, name, comet.run_tags(summary)) if rank_zero else (None, {})
+    )
     if rank_zero:
         log.info(f"{name}: {summary['params']:,} parameters, run dir {run_dir}")
 
-    loggers: list[pl.loggers.Logger] = []
-    experiment = None
-    if rank_zero and cfg.logger.name == "comet":
-        try:
-            tags = [f"arch:{model.arch}", f"depth:{model.depth}", f"dataset:{datamodule.name}", *_sweep_tag()]
-            experiment, mode = comet.start_experiment(
-                run_dir, name, tags, cfg.logger.project, cfg.logger.workspace, cfg.logger.online
-            )
-            summary["comet"] = {"mode": mode}
-            loggers.append(comet.CometLogger(experiment))
-        except UserError:
-            raise
-        except Exception as error:  # Comet must never fail a run
-            log.warning(f"Comet could not start ({error}); continuing without it")
-    elif cfg.logger.name == "csv":
-        loggers.append(CSVLogger(run_dir, name="csv", version=""))
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-
     tty = sys.stdout.isatty()
-    record = EpochRecord(run_dir / "metrics.csv", print_lines=not tty)
-    callbacks: list[pl.Callback] = [
-        record,
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            save_last=True,
-            save_top_k=0,
-            save_on_train_epoch_end=True,
-            enable_version_counter=False,
-        ),
-    ]
-    if tty:
-        callbacks.append(RichProgressBar())
+    measures = [TrainingCost(cfg.measure.warmup_steps)] if cfg.measure.enabled else []
+    if cfg.measure.enabled and cfg.measure.grad_norm_every > 0:
+        measures.append(GradientFlow(cfg.measure.grad_norm_every))
+    record = EpochRecord(run_dir / "metrics.csv", print_lines=not tty, extras=measures)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        save_last=True,
+        save_top_k=0,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
     try:
         trainer = instantiate(
             cfg.trainer,
             default_root_dir=run_dir,
-            logger=loggers or False,
-            callbacks=callbacks,
+            logger=_loggers(cfg, run_dir, experiment) or False,
+            callbacks=[record, *measures, checkpoint, *([RichProgressBar()] if tty else [])],
             precision=device.precision,
             enable_progress_bar=tty,
         )
     except Exception as error:
         raise UserError(f"trainer: {error}") from None
 
+    test_error = None
     try:
         with distributed.worker_env(cfg, run_dir):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
+        test_error = 1 - test["test/acc"]
         summary["status"] = "completed"
     except (KeyboardInterrupt, SystemExit) as error:
-        summary["status"] = "interrupted"
-        summary["error"] = f"{type(error).__name__}"
+        summary.update(status="interrupted", error=type(error).__name__)
     except Exception as error:
         summary["error"] = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
         if not rank_zero:
@@ -167,28 +139,38 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         epochs=trainer.current_epoch,
         train_error=_error(final.get("train/acc")),
         val_error=_error(final.get("val/acc")),
-        test_error=_error(test["test/acc"]) if summary["status"] == "completed" else None,
+        test_error=test_error,
         train_loss=_float(final.get("train/loss")),
         val_loss=_float(final.get("val/loss")),
+        **(measures[0].summary() if measures else {}),
+        grad_norms=_grad_norms(record.rows),
         wall_time_s=round(time.perf_counter() - started, 2),
     )
-    if experiment is not None:
-        experiment.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        summary["comet"] = comet.end_experiment(experiment, summary["comet"]["mode"], run_dir)
+    summary["comet"] = comet.finish(experiment, summary["comet"], summary, run_dir)
     write_json(summary_path, summary)
     if summary["status"] != "completed":
         raise RunFailed(f"run {summary['status']}: {summary.get('error', '')} (record: {summary_path})")
-    log.info(
-        f"{name}: train error {summary['train_error']:.4f}, val error {summary['val_error']:.4f}, "
-        f"test error {summary['test_error']:.4f} after {summary['epochs']} epochs "
-        f"({summary['wall_time_s']:.0f}s); summary: {summary_path}"
+    errors = ", ".join(
+        f"{split} error {_fraction(summary[f'{split}_error'])}" for split in ("train", "val", "test")
     )
+    epochs = f"{summary['epochs']} epochs ({summary['wall_time_s']:.0f}s)"
+    log.info(f"{name}: {errors} after {epochs}; summary: {summary_path}")
     return summary
 
 
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
+    return None if value in (None, "") else float(value)
 
 
 def _error(accuracy: Any) -> float | None:
-    return None if accuracy is None else 1 - float(accuracy)
+    return None if accuracy in (None, "") else 1 - float(accuracy)
+
+
+def _grad_norms(rows: list[dict[str, Any]]) -> dict[str, list[float | None]]:
+    """Per part of the net, its mean gradient norm in each epoch (from metrics.csv's grad_norm/ columns)."""
+    parts = [k.removeprefix("grad_norm/") for row in rows[:1] for k in row if k.startswith("grad_norm/")]
+    return {part: [_float(row.get(f"grad_norm/{part}")) for row in rows] for part in parts}

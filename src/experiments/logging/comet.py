@@ -52,10 +52,54 @@ def server_unreachable() -> str | None:
         return f"{url}: {getattr(error, 'reason', error)}"
 
 
-def start_experiment(
+def run_tags(summary: Mapping[str, Any]) -> list[str]:
+    """Tags arch, depth, dataset, and the sweep a run belongs to (its directory), as DESIGN.md asks."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    tags = [f"arch:{summary['arch']}", f"depth:{summary['depth']}", f"dataset:{summary['dataset']}"]
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        tags.append(f"sweep:{HydraConfig.get().sweep.dir}")
+    return tags
+
+
+def start(
+    logger_cfg: Mapping[str, Any], run_dir: Path, name: str, tags: list[str]
+) -> tuple[Any, dict[str, str]]:
+    """The run's Comet experiment (None unless logger=comet) and its entry for summary.json.
+
+    Comet failing to start never fails the run: it goes on without Comet and says so.
+    """
+    if logger_cfg["name"] != "comet":
+        return None, {"mode": "disabled"}
+    try:
+        experiment, mode = _start_experiment(
+            run_dir, name, tags, logger_cfg["project"], logger_cfg["workspace"], logger_cfg["online"]
+        )
+        return experiment, {"mode": mode}
+    except UserError:
+        raise
+    except Exception as error:
+        log.warning(f"Comet could not start ({error}); continuing without it")
+        return None, {"mode": "disabled"}
+
+
+def finish(experiment: Any, info: dict[str, str], summary: dict[str, Any], run_dir: Path) -> dict[str, str]:
+    """Log the summary's figures, end the experiment (one per run, also inside a multirun), and return
+    where its data went."""
+    if experiment is None:
+        return info
+    try:
+        experiment.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        return _end_experiment(experiment, info["mode"], run_dir)
+    except Exception as error:
+        log.warning(f"Comet failed at the end of the run ({error}); the local record is complete")
+        return info
+
+
+def _start_experiment(
     run_dir: Path, name: str, tags: list[str], project: str, workspace: str | None, online: str | bool
 ) -> tuple[Any, str]:
-    """Start this run's Comet experiment; returns it and its mode, "online" or "offline"."""
     import comet_ml
     from comet_ml.config import get_api_key, get_config
 
@@ -82,8 +126,7 @@ def start_experiment(
     return experiment, "online" if go_online else "offline"
 
 
-def end_experiment(experiment: Any, mode: str, run_dir: Path) -> dict[str, str]:
-    """End the experiment (one per run, also inside a multirun) and say where its data is."""
+def _end_experiment(experiment: Any, mode: str, run_dir: Path) -> dict[str, str]:
     experiment.end()
     if mode == "online":
         log.info(f"Comet: {experiment.url}")

@@ -9,8 +9,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
@@ -51,15 +52,23 @@ def _format(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.4g}"
 
 
+class EpochMetrics(Protocol):
+    def end_epoch(self) -> dict[str, float]: ...
+
+
+PRINTED = ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "step_time_ms")
+
+
 class EpochRecord(pl.Callback):
-    """Appends one row per epoch to metrics.csv (epoch, step, lr, train/val loss and accuracy, time) and,
-    when `print_lines`, prints it as one line (for logs that are not a terminal: CI, SLURM).
+    """Appends one row per epoch to metrics.csv (epoch, step, lr, train/val loss and accuracy, time, and
+    what `extras` measured over the epoch) and, when `print_lines`, prints it as one line (for logs that
+    are not a terminal: CI, SLURM).
 
     On resume, rows of epochs that will run again are dropped, so every epoch appears exactly once.
     """
 
-    def __init__(self, path: Path, print_lines: bool) -> None:
-        self.path, self.print_lines = path, print_lines
+    def __init__(self, path: Path, print_lines: bool, extras: Sequence[EpochMetrics] = ()) -> None:
+        self.path, self.print_lines, self.extras = path, print_lines, extras
         self.rows: list[dict[str, Any]] = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -69,14 +78,16 @@ class EpochRecord(pl.Callback):
         self.started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        measured = {k: v for extra in self.extras for k, v in extra.end_epoch().items()}
         if not trainer.is_global_zero:
             return
         metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor)}
+        metrics.update(measured)
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **dict(sorted(metrics.items()))}
         row["epoch_time_s"] = round(time.perf_counter() - self.started, 3)
         self.rows.append(row)
         write_rows(self.path, self.rows)
         if self.print_lines:
-            shown = " ".join(f"{k} {_format(v)}" for k, v in metrics.items() if not k.startswith("test/"))
+            shown = " ".join(f"{k} {_format(metrics[k])}" for k in PRINTED if k in metrics)
             epoch = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
             log.info(f"{epoch}  {shown}  ({row['epoch_time_s']:.1f}s)")

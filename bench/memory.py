@@ -1,0 +1,131 @@
+"""Memory benchmark: DenseNet's quadratic activation memory, what memory-efficient DenseNets save and cost
+in time, ResNet's linear memory, and what measuring costs a run. Prints a table; `make bench` runs it.
+
+Usage: python bench/memory.py [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from experiments.app import CONF_DIR
+from experiments.build import resolve_device
+from experiments.logging.noise import silence_library_noise
+from experiments.measure.counts import activation_bytes
+from experiments.measure.profile import profile
+from experiments.models import create_model
+from experiments.train import train
+
+DENSENET_DEPTHS = [40, 100, 190]
+RESNET_DEPTHS = [20, 56, 110]
+BATCH = 64
+
+
+def exponent(depths: list[int], values: list[float]) -> float:
+    """Least-squares slope of log(value) on log(depth)."""
+    xs, ys = [math.log(d) for d in depths], [math.log(v) for v in values]
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def config(command: str, *overrides: str):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(command, ["logger=none", *overrides])
+
+
+def activation_table() -> None:
+    print(f"DenseNet-BC (k=12), 32 px, batch {BATCH}: bytes held for backward (float32, counted on meta)")
+    print(f"{'depth':>5}  {'naive':>10}  {'memory-efficient':>16}  {'saving':>6}")
+    naive, efficient = [], []
+    for depth in DENSENET_DEPTHS:
+        for kind, column in ((False, naive), (True, efficient)):
+            model = create_model("densenet_bc", depth=depth, growth_rate=12, memory_efficient=kind)
+            column.append(activation_bytes(model, (BATCH, 3, 32, 32)))
+        saving = 1 - efficient[-1] / naive[-1]
+        print(f"{depth:>5}  {naive[-1] / 1e6:>7.0f} MB  {efficient[-1] / 1e6:>13.0f} MB  {saving:>6.0%}")
+    print(
+        f"log-log exponent over depth: naive {exponent(DENSENET_DEPTHS, naive):.2f} (target >= 1.5), "
+        f"memory-efficient {exponent(DENSENET_DEPTHS, efficient):.2f} (target <= 1.25); "
+        f"DenseNet-BC-100 saves {1 - efficient[1] / naive[1]:.0%} (target >= 40%; Pleiss et al.: 44% on GPU)"
+    )
+    resnets = [activation_bytes(create_model("resnet", depth=d), (BATCH, 3, 32, 32)) for d in RESNET_DEPTHS]
+    sizes = ", ".join(f"{d}: {b / 1e6:.0f} MB" for d, b in zip(RESNET_DEPTHS, resnets, strict=True))
+    print(f"ResNet (CIFAR form) {sizes}; exponent {exponent(RESNET_DEPTHS, resnets):.2f} (target 0.9-1.1)")
+
+
+def efficient_step_cost(steps: int, out: Path) -> None:
+    times = {}
+    for efficient in (False, True):
+        cfg = config(
+            "profile",
+            "arch=densenet_bc",
+            "arch.depth=100",
+            f"arch.memory_efficient={str(efficient).lower()}",
+            f"profile.steps={steps}",
+        )
+        times[efficient] = profile(cfg, out / f"efficient-{efficient}")
+    naive, efficient = times[False], times[True]
+    device = resolve_device(config("profile")).name
+    time_cost = efficient["step_time_ms"] / naive["step_time_ms"] - 1
+    memory_cost = efficient["peak_memory_bytes"] / naive["peak_memory_bytes"] - 1
+    print(
+        f"DenseNet-BC-100 training step on {device}, batch {BATCH}: naive {naive['step_time_ms']:.0f} ms, "
+        f"peak {naive['peak_memory_bytes'] / 1e9:.2f} GB; "
+        f"memory-efficient {efficient['step_time_ms']:.0f} ms ({time_cost:+.0%}), "
+        f"peak {efficient['peak_memory_bytes'] / 1e9:.2f} GB ({memory_cost:+.0%})"
+        "  [Pleiss et al., GPU: +25% time, -44% memory]"
+    )
+
+
+def measurement_overhead(repeats: int, out: Path) -> None:
+    """Median training-epoch time of the same run with measurement on and off, alternated to cancel drift."""
+    epochs: dict[bool, list[float]] = {True: [], False: []}
+    for repeat in range(repeats):
+        for enabled in (True, False):
+            run_dir = out / f"overhead-{enabled}-{repeat}"
+            cfg = config(
+                "train",
+                "arch=resnet20",
+                "dataset=synthetic",
+                "dataset.train_size=1024",
+                "trainer.max_epochs=4",
+                "+trainer.limit_val_batches=0",
+                "+trainer.enable_model_summary=false",
+                f"measure.enabled={enabled}",
+            )
+            train(cfg, run_dir)
+            with (run_dir / "metrics.csv").open() as f:
+                epochs[enabled] += [float(row["epoch_time_s"]) for row in csv.DictReader(f)][1:]
+    on, off = statistics.median(epochs[True]), statistics.median(epochs[False])
+    print(
+        f"Measurement overhead, resnet20 on synthetic 32 px, batch 128, 8 steps/epoch: median training epoch "
+        f"{on:.3f} s measured vs {off:.3f} s unmeasured ({on / off - 1:+.1%}; target <= +3%)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per DenseNet-BC-100 profile")
+    parser.add_argument("--repeats", type=int, default=3, help="on/off pairs for the measurement overhead")
+    args = parser.parse_args()
+    silence_library_noise()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
+    )
+    activation_table()
+    with tempfile.TemporaryDirectory() as tmp:
+        efficient_step_cost(args.steps, Path(tmp))
+        measurement_overhead(args.repeats, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Measurement: parameter, FLOP and activation counts; step time, throughput, peak memory; gradient flow."""

@@ -1,0 +1,186 @@
+"""Measurement: counters against hand-computed cases, the DenseNet memory trade-off, costs in real runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from experiments.data import Synthetic
+from experiments.measure.cost import TrainingCost, percentile
+from experiments.measure.counts import activation_bytes, count_params, flops_per_image, saved_bytes
+from experiments.measure.gradflow import part_norms
+from experiments.models import create_model
+from experiments.module import Classifier
+from tests.helpers import archive_metrics, run_cli, run_dirs
+
+
+def test_parameter_count_of_a_tiny_mlp():
+    mlp = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+    assert count_params(mlp) == 10 * 20 + 20 + 20 * 5 + 5
+    mlp[0].weight.requires_grad_(False)
+    assert count_params(mlp) == 20 + 20 * 5 + 5
+
+
+def test_flops_of_a_single_conv():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    # one multiply-add (2 FLOPs) per output pixel, output channel and 3x3x3 input window
+    assert flops_per_image(conv, (3, 32, 32)) == 2 * (8 * 32 * 32) * (3 * 3 * 3)
+
+
+def test_saved_bytes_of_a_single_conv():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    x = torch.randn(4, 3, 32, 32)
+    # the weight's gradient needs the input; the weight itself is a parameter, not counted
+    assert saved_bytes(lambda: conv(x), exclude=conv.parameters()) == 4 * 3 * 32 * 32 * 4
+
+
+def test_saved_bytes_count_a_storage_once():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1))
+    x = torch.randn(2, 3, 16, 16)
+    # conv1 saves x; ReLU saves its output, in place in conv1's output; conv2 saves the same storage again
+    assert saved_bytes(lambda: net(x), exclude=net.parameters()) == 4 * 2 * 16 * 16 * (3 + 8)
+
+
+def test_activation_bytes_are_the_same_on_meta_and_on_cpu():
+    model = create_model("densenet_bc", depth=40, memory_efficient=True)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    on_cpu = saved_bytes(lambda: nn.functional.cross_entropy(model(x), y), exclude=model.parameters())
+    assert activation_bytes(model, (8, 3, 32, 32)) == on_cpu
+
+
+def exponent(depths: list[int], values: list[int]) -> float:
+    """The slope of log(value) against log(depth), least squares."""
+    xs, ys = [math.log(d) for d in depths], [math.log(v) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def test_densenet_memory_is_quadratic_naive_and_linear_efficient():
+    depths = [40, 100, 190]
+
+    def counts(efficient: bool) -> list[int]:
+        return [
+            activation_bytes(
+                create_model("densenet_bc", depth=d, memory_efficient=efficient), (64, 3, 32, 32)
+            )
+            for d in depths
+        ]
+
+    naive, efficient = counts(False), counts(True)
+    assert exponent(depths, naive) >= 1.5
+    assert exponent(depths, efficient) <= 1.25
+    assert efficient[1] <= 0.6 * naive[1]  # DenseNet-BC-100: at least 40% fewer bytes
+    resnets = [activation_bytes(create_model("resnet", depth=d), (64, 3, 32, 32)) for d in (20, 56, 110)]
+    assert 0.9 <= exponent([20, 56, 110], resnets) <= 1.1
+
+
+def test_part_norms_are_the_norms_of_each_parts_gradients():
+    model = create_model("resnet20")
+    nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2])).backward()
+    norms = part_norms(model)
+    assert list(norms) == ["stem", "stage1", "stage2", "stage3", "head"]
+    expected = torch.cat([p.grad.flatten() for p in model.stage2.parameters()]).norm()
+    torch.testing.assert_close(norms["stage2"], expected)
+
+
+def test_percentile():
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
+    assert percentile(list(map(float, range(1, 11))), 0.9) == 9.0
+
+
+def test_training_cost_times_the_steps_after_warmup(tmp_path):
+    data = Synthetic(
+        "synthetic", image_size=8, channels=1, train_size=8 * 16, val_size=8, test_size=8, batch_size=16
+    )
+    cost = TrainingCost(warmup_steps=3)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=8,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[cost],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    model = create_model("resnet20", in_channels=1, image_size=8)
+    trainer.fit(
+        Classifier(model, lambda p: torch.optim.SGD(p, lr=0.1), {"name": "constant"}), datamodule=data
+    )
+    summary = cost.summary()
+    assert summary["timed_steps"] == 5
+    assert 0 < summary["step_time_ms"] <= summary["step_time_p90_ms"]
+    # throughput is over the timed span, which holds the timed steps and the data waits between them
+    steps_only = 5 * 16 / (sum(cost.step_ms) / 1000)
+    assert 0.5 * steps_only < summary["throughput"] <= steps_only
+    assert 0 <= summary["data_wait_fraction"] < 0.5
+    assert summary["peak_memory_source"].startswith("cpu peak RSS growth")
+    assert summary["peak_memory_bytes"] >= 0
+
+
+def test_a_train_run_records_and_logs_its_measurements(workdir):
+    result = run_cli(
+        "train",
+        "arch=plain20",
+        "dataset=digits",
+        "trainer.max_epochs=2",
+        "measure.grad_norm_every=5",
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(workdir / "outputs")
+    summary = json.loads((run / "summary.json").read_text())
+    model = create_model("plain20", in_channels=1, image_size=8)
+    assert summary["flops_per_image"] == flops_per_image(model, (1, 8, 8))
+    assert summary["activation_bytes"] == activation_bytes(model, (64, 1, 8, 8))
+    assert summary["step_time_ms"] > 0 and summary["throughput"] > 0 and summary["peak_memory_bytes"] >= 0
+    assert set(summary["grad_norms"]) == {"stem", "stage1", "stage2", "stage3", "head"}
+    assert all(len(v) == 2 and all(x > 0 for x in v) for v in summary["grad_norms"].values())
+    (archive,) = (run / "comet").glob("*.zip")
+    metrics = archive_metrics(archive)
+    for key in ("flops_per_image", "activation_bytes", "step_time_ms", "throughput", "peak_memory_bytes"):
+        assert metrics[key] == [pytest.approx(summary[key])], key
+    assert len(metrics["grad_norm/stage1"]) == 9  # steps 0, 5, ..., 40 of 2 x 22 steps
+
+
+def test_profile_writes_the_costs_and_one_line(workdir):
+    result = run_cli("profile", "arch=resnet20", "dataset=digits", "logger=none", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(workdir / "outputs" / "profile")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["command"] == "profile" and summary["status"] == "completed"
+    assert summary["batch_size"] == 64 and summary["timed_steps"] == 2
+    for key in (
+        "params",
+        "flops_per_image",
+        "activation_bytes",
+        "peak_memory_bytes",
+        "step_time_ms",
+        "throughput",
+    ):
+        assert summary[key] > 0, key
+    for key in ("epochs", "train_error", "val_error", "test_error", "train_loss", "val_loss"):
+        assert summary[key] is None, key
+    assert re.search(r"resnet20 +batch 64 +params +0.27M +FLOPs +0.01G/img .* img/s", result.stdout)
+    assert not (workdir / "data").exists()
+
+
+def test_profile_sweep_with_an_impossible_depth_runs_the_rest(workdir):
+    result = run_cli(
+        "profile", "-m", "arch=resnet", "arch.depth=20,21", "dataset=digits", "logger=none", cwd=workdir
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: arch: resnet (cifar form, basic blocks) depth must be 6n+2, got 21; nearest valid: 20, 26"
+    ]
+    summaries = [json.loads(p.read_text()) for p in (workdir / "multirun").rglob("summary.json")]
+    assert [(s["depth"], s["status"]) for s in summaries] == [(20, "completed")]
