@@ -28,7 +28,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 demo: install
-	$(PY) -m experiments train arch=resnet arch.depth=20 dataset=digits trainer.max_epochs=5 hydra.run.dir=$(OUT)/resnet20
+	$(PY) -m experiments.demo $(OUT)
 
 bench: install
 	$(PY) bench/memory.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -13,10 +14,14 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import RunFailed, UserError, is_users, one_line
 from experiments.logging.noise import silence_library_noise
+from experiments.sweep import SweepProgress
+
+log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -57,7 +62,10 @@ MAIN_PID = os.getpid()
 
 def _job(command: str) -> Callable[[DictConfig], Any]:
     def task(cfg: DictConfig) -> Any:
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            log.info(f"run {hydra_cfg.job.num + 1} of {SweepProgress.size or '?'}")
         try:
             if command == "train":
                 from experiments.train import train

@@ -54,6 +54,16 @@ def build_module(cfg: DictConfig, model: nn.Module, device: Device):  # -> Class
     return Classifier(model, instantiate(cfg.optim), schedule, channels_last=device.channels_last)
 
 
+def _sweep_dir() -> str | None:
+    """The directory of the multirun sweep this run belongs to, if any."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return str(HydraConfig.get().sweep.dir)
+    return None
+
+
 def describe(cfg: DictConfig, model: nn.Module, datamodule, device: Device) -> dict[str, Any]:
     """The summary.json keys known before any step: what runs, where, and what the model costs."""
     from experiments.measure.counts import activation_bytes, count_params, flops_per_image
@@ -67,6 +77,8 @@ def describe(cfg: DictConfig, model: nn.Module, datamodule, device: Device) -> d
         "seed": cfg.seed,
         "form": model.form,
         "stem": model.stem_type,
+        "memory_efficient": bool(cfg.arch.get("memory_efficient", False)),
+        "sweep": _sweep_dir(),
         "batch_size": datamodule.batch_size,
         "params": count_params(model),
         "flops_per_image": flops_per_image(model, image) if measured else None,

@@ -114,6 +114,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             callbacks=[record, *measures, checkpoint, *([RichProgressBar()] if tty else [])],
             precision=device.precision,
             enable_progress_bar=tty,
+            enable_model_summary=False,  # one line of our own says what the model is
         )
     except Exception as error:
         raise UserError(f"trainer: {error}") from None

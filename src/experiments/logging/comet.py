@@ -54,13 +54,8 @@ def server_unreachable() -> str | None:
 
 def run_tags(summary: Mapping[str, Any]) -> list[str]:
     """Tags arch, depth, dataset, and the sweep a run belongs to (its directory), as DESIGN.md asks."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     tags = [f"arch:{summary['arch']}", f"depth:{summary['depth']}", f"dataset:{summary['dataset']}"]
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        tags.append(f"sweep:{HydraConfig.get().sweep.dir}")
-    return tags
+    return [*tags, f"sweep:{summary['sweep']}"] if summary.get("sweep") else tags
 
 
 def start(
@@ -117,6 +112,11 @@ def _start_experiment(
         auto_output_logging=None,
         log_code=False,
         parse_args=False,
+        # CPU/GPU utilisation curves matter on GPUs (is the data pipeline keeping up?); elsewhere their
+        # thread only delays the end of each run by a second.
+        log_env_cpu=torch.cuda.is_available(),
+        log_env_gpu=torch.cuda.is_available(),
+        log_env_disk=False,
         log_env_network=False,
         display_summary_level=0,
     )

@@ -15,8 +15,9 @@ def _drop(logger: str, *starts: str) -> None:
 def silence_library_noise() -> None:
     # Offline, Comet cannot resolve its server to read the host's IP, and says so with a traceback.
     _drop("comet_ml.env_logging", "Failed to log ip")
-    # An advert printed by every Trainer without Lightning's own cloud logger.
-    _drop("pytorch_lightning.utilities.rank_zero", "💡 Tip")
+    # An advert printed by every Trainer without Lightning's own cloud logger, and a note on how the
+    # schedule's length is found.
+    _drop("pytorch_lightning.utilities.rank_zero", "💡 Tip", "Loading `train_dataloader` to estimate")
     # Small datasets (digits) have fewer batches per epoch than the step-logging interval: nothing is lost,
     # epoch metrics are logged at the end of each epoch.
     warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging")

@@ -28,8 +28,11 @@ def _gb(n: float | None) -> str:
 def one_line(summary: dict[str, Any]) -> str:
     """The profile of one config as a single terminal line."""
     step = summary["step_time_ms"]
+    name = f"{summary['arch']}{summary['depth']}" + (
+        " memory-efficient" if summary["memory_efficient"] else ""
+    )
     return (
-        f"{summary['arch']}{summary['depth']:<5} batch {summary['batch_size']:<4} "
+        f"{name:<32} batch {summary['batch_size']:<4} "
         f"params {summary['params'] / 1e6:6.2f}M  FLOPs {summary['flops_per_image'] / 1e9:6.2f}G/img  "
         f"activations {_gb(summary['activation_bytes'])}  peak {_gb(summary['peak_memory_bytes'])}  "
         f"step {step:.0f} ms (p90 {summary['step_time_p90_ms']:.0f})  {summary['throughput']:.0f} img/s"

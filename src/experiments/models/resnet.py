@@ -3,8 +3,10 @@
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .layers import (
     FORMS,
@@ -67,8 +69,17 @@ def _shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -> nn
 class Block(nn.Module):
     """Basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1) conv-BN body, plus a shortcut unless it is "none"."""
 
-    def __init__(self, in_channels: int, width: int, stride: int, bottleneck: bool, shortcut: str) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int,
+        bottleneck: bool,
+        shortcut: str,
+        memory_efficient: bool = False,
+    ) -> None:
         super().__init__()
+        self.memory_efficient = memory_efficient
         if bottleneck:
             self.out_channels = width * EXPANSION
             body = [
@@ -90,7 +101,11 @@ class Block(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.body(x)
+        if self.memory_efficient and self.training and torch.is_grad_enabled() and x.requires_grad:
+            # activation checkpointing: keep the block's input only, recompute its body in backward
+            out = checkpoint(self.body, x, use_reentrant=False)
+        else:
+            out = self.body(x)
         if self.shortcut is not None:
             out = out + self.shortcut(x)
         return self.relu(out)
@@ -108,6 +123,7 @@ class ResNet(StagedNet):
         shortcut: str = "A",
         stem_type: str = "cifar",
         zero_init_residual: bool = False,
+        memory_efficient: bool = False,
         num_classes: int = 10,
         in_channels: int = 3,
     ) -> None:
@@ -118,7 +134,8 @@ class ResNet(StagedNet):
         for i, (num_blocks, width) in enumerate(zip(layers, widths, strict=True)):
             blocks = []
             for j in range(num_blocks):
-                blocks.append(Block(channels, width, 2 if i > 0 and j == 0 else 1, bottleneck, shortcut))
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(Block(channels, width, stride, bottleneck, shortcut, memory_efficient))
                 channels = blocks[-1].out_channels
             stages.append(nn.Sequential(*blocks))
         super().__init__(
@@ -144,6 +161,7 @@ def resnet(
     shortcut: Literal["A", "B", "none"] | None = None,
     bottleneck: bool | None = None,
     zero_init_residual: bool = False,
+    memory_efficient: bool = False,
     num_classes: int = 10,
     in_channels: int = 3,
     image_size: int = 32,
@@ -152,6 +170,8 @@ def resnet(
 
     ``shortcut=None`` means "A" (cifar form) or "B" (imagenet form); ``bottleneck=None`` means basic blocks
     in cifar form and the torchvision layout (bottlenecks from depth 50) in imagenet form.
+    ``memory_efficient=True`` recomputes each block's body in backward (activation checkpointing, as
+    DenseNet's memory-efficient form does for its concatenations).
     """
     check_choice("resnet form", form, FORMS)
     if shortcut is None:
@@ -175,6 +195,7 @@ def resnet(
         shortcut=shortcut,
         stem_type=stem_type_for(form, image_size),
         zero_init_residual=zero_init_residual,
+        memory_efficient=memory_efficient,
         num_classes=num_classes,
         in_channels=in_channels,
     )

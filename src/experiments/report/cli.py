@@ -1,0 +1,85 @@
+"""`experiments report DIR [DIR ...] [--out OUT]`: the table and figures of finished runs and sweeps."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from experiments.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="experiments report",
+        description="Tables and figures from the runs under DIRs (run or sweep directories): report.md, "
+        "runs.csv and PNG figures, also logged to Comet as one report experiment.",
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run or sweep directories")
+    parser.add_argument(
+        "--out", type=Path, help="where the report goes (default: DIR/report for the first DIR)"
+    )
+    parser.add_argument("--logger", choices=("comet", "none"), default="comet",
+                        help="log the report to Comet as one experiment (default) or not")  # fmt: skip
+    parser.add_argument("--online", choices=("auto", "true", "false"), default="auto",
+                        help="Comet online (needs a key) or offline; auto: online when a key is set")  # fmt: skip
+    return parser
+
+
+def report(directories: list[Path], out: Path, logger: str = "comet", online: str = "auto") -> Path:
+    """Write the report of the runs under `directories` into `out`; returns report.md's path."""
+    from experiments.report import plots, tables
+    from experiments.report.collect import find_runs
+
+    for directory in directories:
+        if not directory.is_dir():
+            raise UserError(f"{directory} is not a directory")
+    runs = [run for run in find_runs(directories) if out not in run.path.parents]
+    if not runs:
+        raise UserError(f"no runs under {', '.join(map(str, directories))} (a run directory holds .hydra/)")
+    out.mkdir(parents=True, exist_ok=True)
+    figures, missing = {}, []
+    for name, draw in plots.FIGURES.items():
+        drawn = [figure for figure in draw(runs, out) if figure]
+        figures.update(drawn)
+        if not drawn:
+            missing.append(name)
+    tables.write_csv(runs, out / "runs.csv")
+    tables.write_markdown(runs, directories, figures, missing, out / "report.md")
+    if logger == "comet":
+        _log_to_comet(runs, out, list(figures.values()), {"true": True, "false": False}.get(online, online))
+    return out / "report.md"
+
+
+def _log_to_comet(runs: list, out: Path, figures: list[Path], online: str | bool) -> None:
+    from experiments.logging import comet
+
+    sweeps = sorted({f"sweep:{run.get('sweep')}" for run in runs if run.get("sweep")})
+    logger = {"name": "comet", "project": "resnet-vs-densenet", "workspace": None, "online": online}
+    experiment, info = comet.start(logger, out, f"report {out}", ["report", *sweeps])
+    if experiment is None:
+        return
+    for figure in figures:
+        experiment.log_image(str(figure), name=figure.stem)
+    experiment.log_asset(str(out / "report.md"))
+    experiment.log_table(str(out / "runs.csv"))  # shown by Comet as a data table
+    comet.finish(experiment, info, {}, out)
+
+
+def main(args: list[str]) -> int:
+    options = _parser().parse_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    from experiments.logging.noise import silence_library_noise
+
+    silence_library_noise()
+    out = options.out or options.dirs[0] / "report"
+    try:
+        path = report(options.dirs, out, options.logger, options.online)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"report: {path} (figures and runs.csv beside it)")
+    return 0

@@ -1,0 +1,220 @@
+"""The report's figures, in the style of the papers: one function per figure, each returning its title and
+the PNG it wrote, or None when the runs hold nothing to draw."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments.report.collect import Run  # noqa: E402
+
+plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 9, "figure.dpi": 100})
+LINESTYLES = {"plain": "--", "resnet": "-"}  # He et al. Fig. 1 and 6: plain dashed, residual solid
+Figure = tuple[str, Path] | None
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _legend_outside(ax: plt.Axes) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+
+
+def _depth_colors(runs: list[Run]) -> dict[int, str]:
+    depths = sorted({run.depth for run in runs})
+    cmap = plt.get_cmap("viridis")
+    return {d: cmap(i / max(len(depths) - 1, 1) * 0.9) for i, d in enumerate(depths)}
+
+
+def _completed_training(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.command == "train" and r.status == "completed" and r.rows]
+
+
+def exponent(depths: list[int], values: list[float]) -> float:
+    """Least-squares slope of log(value) on log(depth): how memory (or time) grows with depth."""
+    xs, ys = [math.log(d) for d in depths], [math.log(v) for v in values]
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def training_error(runs: list[Run], out: Path) -> list[Figure]:
+    """Training error against epoch per depth, plain dashed and residual solid: one figure per dataset."""
+    figures: list[Figure] = []
+    by_dataset: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.command == "train" and run.train_errors:
+            by_dataset[run.dataset].append(run)
+    for dataset, group in sorted(by_dataset.items()):
+        colors = _depth_colors(group)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for run in group:
+            errors = run.train_errors
+            ax.plot(range(1, len(errors) + 1), [100 * e for e in errors], LINESTYLES.get(run.arch, ":"),
+                    color=colors[run.depth], marker="o", markersize=3, label=run.label)  # fmt: skip
+        ax.set(xlabel="epoch", ylabel="training error (%)", ylim=(0, None))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_title(f"Training error on {dataset}: plain (dashed) vs residual (solid)")
+        ax.legend(ncol=2)
+        ax.grid(alpha=0.3)
+        figures.append((f"Training error on {dataset}", _save(fig, out / f"training_error_{dataset}.png")))
+    return figures
+
+
+def error_vs_depth(runs: list[Run], out: Path) -> list[Figure]:
+    """Final training and test error against depth, a line per family (He et al. Table 6 as a plot)."""
+    done = _completed_training(runs)
+    if not done:
+        return [None]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, key, name in zip(axes, ("train_error", "test_error"), ("training", "test"), strict=True):
+        families: dict[str, list[Run]] = defaultdict(list)
+        for run in done:
+            families[f"{run.arch} ({run.dataset})"].append(run)
+        for family, group in sorted(families.items()):
+            group.sort(key=lambda r: r.depth)
+            ax.plot([r.depth for r in group], [100 * r.get(key) for r in group], LINESTYLES.get(group[0].arch, ":"),
+                    marker="o", label=family)  # fmt: skip
+        ax.set(
+            xlabel="depth (weighted layers)", ylabel=f"final {name} error (%)", title=f"Final {name} error"
+        )
+        _depth_axis(ax, done)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    epochs = sorted({r.get("epochs") for r in done})
+    fig.suptitle(f"Error vs depth after {', '.join(map(str, epochs))} epochs")
+    return [("Error vs depth", _save(fig, out / "error_vs_depth.png"))]
+
+
+def _by_depth_series(runs: list[Run], key: str) -> dict[str, list[Run]]:
+    """Runs with `key`, grouped into series of one family and variant (and dataset, batch size and device,
+    where those differ between runs), named by what sets them apart."""
+    runs = [run for run in runs if run.get(key) and run.depth]
+    facets: list[Callable[[Run], str]] = [lambda r: f"{r.arch} {r.variant}"]
+    for facet in (
+        lambda r: r.dataset,
+        lambda r: f"batch {r.get('batch_size')}",
+        lambda r: str(r.get("device")),
+    ):
+        if len({facet(run) for run in runs}) > 1:
+            facets.append(facet)
+    series: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        series[", ".join(facet(run) for facet in facets)].append(run)
+    return {name: sorted(group, key=lambda r: r.depth) for name, group in sorted(series.items())}
+
+
+def _depth_axis(ax: plt.Axes, runs: list[Run]) -> None:
+    """Ticks at the depths that ran (but for ones too close to the last to read), as plain numbers."""
+    ticks: list[int] = []
+    for depth in sorted({run.depth for run in runs}):
+        if not ticks or depth > 1.2 * ticks[-1]:
+            ticks.append(depth)
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def activation_memory(runs: list[Run], out: Path) -> list[Figure]:
+    """Activation memory against depth on log-log axes, with each series' fitted exponent."""
+    series = _by_depth_series(runs, "activation_bytes")
+    if not series:
+        return [None]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for name, group in series.items():
+        depths, values = [r.depth for r in group], [r.get("activation_bytes") / 1e6 for r in group]
+        fitted = f" (exponent {exponent(depths, values):.2f})" if len(set(depths)) > 1 else ""
+        ax.plot(depths, values, "--" if "memory-efficient" in name else "-", marker="o", label=name + fitted)
+    ax.set(xscale="log", yscale="log", xlabel="depth (weighted layers)", ylabel="activation memory (MB)")
+    _depth_axis(ax, [r for group in series.values() for r in group])
+    batches = sorted({r.get("batch_size") for group in series.values() for r in group})
+    ax.set_title(f"Memory held for backward vs depth (batch {', '.join(map(str, batches))}, float32)")
+    _legend_outside(ax)
+    ax.grid(alpha=0.3, which="both")
+    return [("Activation memory vs depth", _save(fig, out / "activation_memory.png"))]
+
+
+def step_time(runs: list[Run], out: Path) -> list[Figure]:
+    """Median training step time against depth, one series per family and variant."""
+    series = _by_depth_series(runs, "step_time_ms")
+    if not series:
+        return [None]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for name, group in series.items():
+        ax.plot([r.depth for r in group], [r.get("step_time_ms") for r in group],
+                "--" if "memory-efficient" in name else "-", marker="o", label=name)  # fmt: skip
+    devices = ", ".join(sorted({str(r.get("device")) for g in series.values() for r in g}))
+    ax.set(xlabel="depth (weighted layers)", ylabel="median step time (ms)", ylim=(0, None))
+    _depth_axis(ax, [r for group in series.values() for r in group])
+    ax.set_title(f"Training step time vs depth on {devices}")
+    _legend_outside(ax)
+    ax.grid(alpha=0.3)
+    return [("Step time vs depth", _save(fig, out / "step_time.png"))]
+
+
+def accuracy_vs_params(runs: list[Run], out: Path) -> list[Figure]:
+    """Test accuracy against parameter count: what each family buys per parameter."""
+    done = [r for r in _completed_training(runs) if r.get("test_error") is not None]
+    if not done:
+        return [None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    families: dict[str, list[Run]] = defaultdict(list)
+    for run in done:
+        families[f"{run.arch} ({run.dataset})"].append(run)
+    for family, group in sorted(families.items()):
+        ax.scatter([r.get("params") / 1e6 for r in group], [100 * (1 - r.get("test_error")) for r in group],
+                   label=family)  # fmt: skip
+        for r in group:
+            ax.annotate(r.label, (r.get("params") / 1e6, 100 * (1 - r.get("test_error"))), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.set(xscale="log", xlabel="parameters (millions)", ylabel="test accuracy (%)")
+    plain_numbers = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain_numbers)
+    ax.xaxis.set_minor_formatter(plain_numbers)
+    ax.set_title("Test accuracy vs parameters")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    return [("Accuracy vs parameters", _save(fig, out / "accuracy_vs_params.png"))]
+
+
+def gradient_norms(runs: list[Run], out: Path) -> list[Figure]:
+    """Per-stage gradient norms over training for the deepest plain and the deepest residual net."""
+    with_norms = [r for r in runs if r.command == "train" and r.get("grad_norms")]
+    deepest = [max(group, key=lambda r: r.depth) for arch in ("plain", "resnet")
+               if (group := [r for r in with_norms if r.arch == arch])]  # fmt: skip
+    if not deepest:
+        return [None]
+    fig, axes = plt.subplots(1, len(deepest), figsize=(5.2 * len(deepest), 4.2), sharey=True, squeeze=False)
+    for ax, run in zip(axes[0], deepest, strict=True):
+        for part, norms in run.get("grad_norms").items():
+            points = [(epoch, n) for epoch, n in enumerate(norms, 1) if n]
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=part)
+        ax.set(yscale="log", xlabel="epoch", title=f"{run.label} on {run.dataset}")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("gradient norm (epoch mean)")
+    axes[0][-1].legend(title="part of the net")
+    fig.suptitle("Gradient norm by stage: do gradients vanish in the deep plain net?")
+    return [("Gradient norm by stage", _save(fig, out / "gradient_norms.png"))]
+
+
+FIGURES: dict[str, Callable[[list[Run], Path], list[Figure]]] = {
+    "training error vs epoch": training_error,
+    "error vs depth": error_vs_depth,
+    "activation memory vs depth": activation_memory,
+    "accuracy vs parameters": accuracy_vs_params,
+    "step time vs depth": step_time,
+    "gradient norm by stage": gradient_norms,
+}

@@ -1,0 +1,22 @@
+"""Progress of a multirun: each run says where it stands ("run 3 of 10")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+class SweepProgress(Callback):
+    """A Hydra callback that counts the runs of a sweep before it starts, as the basic sweeper will."""
+
+    size = 0  # runs in the sweep this process launches; 0 when unknown
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        params = [f"{key}={value}" for key, value in (config.hydra.sweeper.params or {}).items()]
+        overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+        batches = BasicSweeper.split_arguments(overrides, None)
+        SweepProgress.size = sum(len(batch) for batch in batches)
