@@ -21,13 +21,24 @@ from experiments.__main__ import main as experiments
 
 def commands(out: Path) -> list[list[str]]:
     return [
-        ["train", "-m", "experiment=degradation_demo", "logger.online=false", f"hydra.sweep.dir={out}/degradation"],
         [
-            "profile", "-m", "experiment=memory", "size=small,medium", "profile.steps=1", "logger=none",
+            "train",
+            "-m",
+            "experiment=degradation_demo",
+            "logger.online=false",
+            f"hydra.sweep.dir={out}/degradation",
+        ],
+        [
+            "profile",
+            "-m",
+            "experiment=memory",
+            "size=small,medium",
+            "profile.steps=1",
+            "logger=none",
             f"hydra.sweep.dir={out}/memory",
         ],
         ["report", f"{out}/degradation", f"{out}/memory", "--out", f"{out}/report", "--online", "false"],
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: list[str]) -> int:

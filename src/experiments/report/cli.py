@@ -22,10 +22,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, help="where the report goes (default: DIR/report for the first DIR)"
     )
-    parser.add_argument("--logger", choices=("comet", "none"), default="comet",
-                        help="log the report to Comet as one experiment (default) or not")  # fmt: skip
-    parser.add_argument("--online", choices=("auto", "true", "false"), default="auto",
-                        help="Comet online (needs a key) or offline; auto: online when a key is set")  # fmt: skip
+    parser.add_argument(
+        "--logger",
+        choices=("comet", "none"),
+        default="comet",
+        help="log the report to Comet as one experiment (default) or not",
+    )
+    parser.add_argument(
+        "--online",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="Comet online (needs a key) or offline; auto: online when a key is set",
+    )
     return parser
 
 

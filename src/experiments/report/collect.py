@@ -89,8 +89,15 @@ class Run:
 
     def sort_key(self) -> tuple:
         family = FAMILY_ORDER.index(self.arch) if self.arch in FAMILY_ORDER else len(FAMILY_ORDER)
-        return (self.command != "train", self.dataset, family, self.arch, self.depth, self.memory_efficient,
-                str(self.path))  # fmt: skip
+        return (
+            self.command != "train",
+            self.dataset,
+            family,
+            self.arch,
+            self.depth,
+            self.memory_efficient,
+            str(self.path),
+        )
 
 
 def find_runs(directories: list[Path]) -> list[Run]:

@@ -13,9 +13,9 @@ import matplotlib
 import matplotlib.ticker
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from experiments.report.collect import Run  # noqa: E402
+from experiments.report.collect import Run
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 9, "figure.dpi": 100})
 LINESTYLES = {"plain": "--", "resnet": "-"}  # He et al. Fig. 1 and 6: plain dashed, residual solid
@@ -62,8 +62,15 @@ def training_error(runs: list[Run], out: Path) -> list[Figure]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for run in group:
             errors = run.train_errors
-            ax.plot(range(1, len(errors) + 1), [100 * e for e in errors], LINESTYLES.get(run.arch, ":"),
-                    color=colors[run.depth], marker="o", markersize=3, label=run.label)  # fmt: skip
+            ax.plot(
+                range(1, len(errors) + 1),
+                [100 * e for e in errors],
+                LINESTYLES.get(run.arch, ":"),
+                color=colors[run.depth],
+                marker="o",
+                markersize=3,
+                label=run.label,
+            )
         ax.set(xlabel="epoch", ylabel="training error (%)", ylim=(0, None))
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(f"Training error on {dataset}: plain (dashed) vs residual (solid)")
@@ -85,8 +92,13 @@ def error_vs_depth(runs: list[Run], out: Path) -> list[Figure]:
             families[f"{run.arch} ({run.dataset})"].append(run)
         for family, group in sorted(families.items()):
             group.sort(key=lambda r: r.depth)
-            ax.plot([r.depth for r in group], [100 * r.get(key) for r in group], LINESTYLES.get(group[0].arch, ":"),
-                    marker="o", label=family)  # fmt: skip
+            ax.plot(
+                [r.depth for r in group],
+                [100 * r.get(key) for r in group],
+                LINESTYLES.get(group[0].arch, ":"),
+                marker="o",
+                label=family,
+            )
         ax.set(
             xlabel="depth (weighted layers)", ylabel=f"final {name} error (%)", title=f"Final {name} error"
         )
@@ -153,8 +165,13 @@ def step_time(runs: list[Run], out: Path) -> list[Figure]:
         return [None]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for name, group in series.items():
-        ax.plot([r.depth for r in group], [r.get("step_time_ms") for r in group],
-                "--" if "memory-efficient" in name else "-", marker="o", label=name)  # fmt: skip
+        ax.plot(
+            [r.depth for r in group],
+            [r.get("step_time_ms") for r in group],
+            "--" if "memory-efficient" in name else "-",
+            marker="o",
+            label=name,
+        )
     devices = ", ".join(sorted({str(r.get("device")) for g in series.values() for r in g}))
     ax.set(xlabel="depth (weighted layers)", ylabel="median step time (ms)", ylim=(0, None))
     _depth_axis(ax, [r for group in series.values() for r in group])
@@ -174,11 +191,19 @@ def accuracy_vs_params(runs: list[Run], out: Path) -> list[Figure]:
     for run in done:
         families[f"{run.arch} ({run.dataset})"].append(run)
     for family, group in sorted(families.items()):
-        ax.scatter([r.get("params") / 1e6 for r in group], [100 * (1 - r.get("test_error")) for r in group],
-                   label=family)  # fmt: skip
+        ax.scatter(
+            [r.get("params") / 1e6 for r in group],
+            [100 * (1 - r.get("test_error")) for r in group],
+            label=family,
+        )
         for r in group:
-            ax.annotate(r.label, (r.get("params") / 1e6, 100 * (1 - r.get("test_error"))), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                r.label,
+                (r.get("params") / 1e6, 100 * (1 - r.get("test_error"))),
+                fontsize=8,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
     ax.set(xscale="log", xlabel="parameters (millions)", ylabel="test accuracy (%)")
     plain_numbers = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
     ax.xaxis.set_major_formatter(plain_numbers)
@@ -192,8 +217,11 @@ def accuracy_vs_params(runs: list[Run], out: Path) -> list[Figure]:
 def gradient_norms(runs: list[Run], out: Path) -> list[Figure]:
     """Per-stage gradient norms over training for the deepest plain and the deepest residual net."""
     with_norms = [r for r in runs if r.command == "train" and r.get("grad_norms")]
-    deepest = [max(group, key=lambda r: r.depth) for arch in ("plain", "resnet")
-               if (group := [r for r in with_norms if r.arch == arch])]  # fmt: skip
+    deepest = [
+        max(group, key=lambda r: r.depth)
+        for arch in ("plain", "resnet")
+        if (group := [r for r in with_norms if r.arch == arch])
+    ]
     if not deepest:
         return [None]
     fig, axes = plt.subplots(1, len(deepest), figsize=(5.2 * len(deepest), 4.2), sharey=True, squeeze=False)

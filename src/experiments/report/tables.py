@@ -81,9 +81,11 @@ def write_markdown(
     if not_completed:
         parts.append("## Runs that did not complete")
         parts.append(
-            "\n".join(f"- `{run.path}`: {run.status}" + (f" ({run.get('error')})" if run.get("error") else "")
-                      for run in not_completed)
-        )  # fmt: skip
+            "\n".join(
+                f"- `{run.path}`: {run.status}" + (f" ({run.get('error')})" if run.get("error") else "")
+                for run in not_completed
+            )
+        )
     parts.append("## Figures")
     parts += [f"### {title}\n\n![{title}]({figure.name})" for title, figure in figures.items()]
     if missing:
