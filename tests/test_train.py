@@ -115,17 +115,11 @@ def test_rerunning_a_completed_run_does_nothing(resnet20_run):
     assert len(list((run / "comet").glob("*.zip"))) == 1
 
 
-def test_multirun_gives_each_run_its_dir_and_comet_experiment(workdir):
-    result = run_cli(
-        "train",
-        "-m",
-        "arch=plain,resnet",
-        "arch.depth=20,32",
-        "dataset=digits",
-        "trainer.max_epochs=1",
-        cwd=workdir,
-    )
-    assert result.returncode == 0, result.stderr
+def test_multirun_gives_each_run_its_dir_and_comet_experiment(digits_sweep):
+    workdir, stdout = digits_sweep
+    assert [line for line in stdout.splitlines() if line.startswith("run ")] == [
+        f"run {k} of 4" for k in range(1, 5)
+    ]
     runs = run_dirs(workdir / "multirun")
     assert [r.name.rsplit("-", 1)[0] for r in runs] == [
         "plain20-digits-s0",

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,11 @@ def run_name(*, _root_: DictConfig) -> str:
     config = OmegaConf.to_container(_root_, resolve=False)
     config.pop("hydra", None)
     digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:6]
-    return f"{_root_.arch.name}{_root_.arch.depth}-{_root_.dataset.name}-s{_root_.seed}-{digest}"
+    arch, depth, dataset, seed = (
+        OmegaConf.select(_root_, key, default="")
+        for key in ("arch.name", "arch.depth", "dataset.name", "seed")
+    )
+    return f"{arch}{depth}-{dataset}-s{seed}-{digest}"
 
 
 def unique_dir(pattern: str) -> str:
@@ -104,6 +109,9 @@ def run(command: str, args: list[str]) -> int:
         os.environ["EXPERIMENTS_FULL_ERROR"] = "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)(_job(command))
+    # conf/hydra/launcher/submitit_slurm.yaml sets our defaults over the plugin's schema of that name,
+    # which Hydra 1.3 merges but calls deprecated.
+    warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_slurm' is validated against")
     argv, sys.argv = sys.argv, [sys.argv[0], *args]
     failures.clear()
     silence_library_noise()

@@ -101,6 +101,13 @@ class Device:
         return torch.cuda.get_device_name() if self.cuda else "cpu"
 
 
+def cluster_plugins() -> list:
+    """Under SLURM, Lightning must not requeue the job itself: submitit does (docs/cluster.md)."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
 def resolve_device(cfg: DictConfig) -> Device:
     accelerator = cfg.trainer.get("accelerator", "auto")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():

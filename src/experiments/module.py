@@ -35,6 +35,15 @@ def lr_factor(
     return 1.0
 
 
+class Diverged(Exception):
+    """The training loss became NaN or infinite: the run cannot recover."""
+
+
+# A GPU waits for nothing while it trains; checking the loss makes it wait, so there it happens every
+# this many steps (a NaN persists: the next check catches it). On a CPU every step is checked.
+GPU_LOSS_CHECK_EVERY = 50
+
+
 class Classifier(pl.LightningModule):
     """Trains `model` with cross-entropy; logs loss and accuracy per split and epoch, and the lr."""
 
@@ -74,8 +83,20 @@ class Classifier(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def on_train_batch_end(self, outputs: dict[str, torch.Tensor], batch: object, batch_idx: int) -> None:
+        step = self.trainer.global_step
+        if self.device.type == "cuda" and step % GPU_LOSS_CHECK_EVERY:
+            return
+        loss = outputs["loss"].detach()
+        # all ranks stop together, whichever saw it first
+        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
+            raise Diverged(
+                f"training loss became {loss.item()} at step {step} (epoch {self.current_epoch}); "
+                "try a lower optim.lr or a warm-up (schedule.warmup_steps)"
+            )
+
     def on_train_epoch_start(self) -> None:
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer(self.parameters())

@@ -18,38 +18,45 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from experiments import distributed
-from experiments.build import build_datamodule, build_model, build_module, describe, resolve_device
+from experiments.build import (
+    build_datamodule,
+    build_model,
+    build_module,
+    cluster_plugins,
+    describe,
+    resolve_device,
+)
 from experiments.errors import RunFailed, UserError
 from experiments.logging import comet
 from experiments.logging.record import EpochRecord, write_json
 from experiments.measure.cost import TrainingCost
 from experiments.measure.gradflow import GradientFlow
+from experiments.module import Diverged
 
 log = logging.getLogger(__name__)
 
 
-def _checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from: `ckpt_path` if given, else this run's last.ckpt if there is one."""
+def _checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int | None]:
+    """The checkpoint to resume from and its epoch: `ckpt_path` if given, else this run's last.ckpt."""
     path = Path(cfg.ckpt_path) if cfg.ckpt_path else run_dir / "checkpoints" / "last.ckpt"
     if not path.exists():
         if cfg.ckpt_path:
             raise UserError(f"ckpt_path: {path} does not exist")
-        return None
+        return None, None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        assert isinstance(checkpoint, dict) and "state_dict" in checkpoint
+        return path, int(checkpoint["epoch"])
     except Exception as error:
         raise UserError(
             f"checkpoint {path} is unreadable or not a Lightning checkpoint ({type(error).__name__}); "
             "delete it to start afresh or pass another ckpt_path"
         ) from None
-    return path
 
 
-def _loggers(cfg: DictConfig, run_dir: Path, experiment: Any) -> list[pl.loggers.Logger]:
+def _loggers(cfg: DictConfig, run_dir: Path, comet_run: comet.CometRun | None) -> list[pl.loggers.Logger]:
     loggers: list[pl.loggers.Logger] = []
-    if experiment is not None:
-        loggers.append(comet.CometLogger(experiment))
+    if comet_run is not None:
+        loggers.append(comet_run.logger)
     if cfg.logger.name == "csv":
         loggers.append(CSVLogger(run_dir, name="csv", version=""))
     for logger in loggers:
@@ -86,23 +93,26 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **describe(cfg, model, datamodule, device),
     }
     module = build_module(cfg, model, device)
-    ckpt_path = _checkpoint(cfg, run_dir)
+    ckpt_path, resume_epoch = _checkpoint(cfg, run_dir)
     name = f"{model.arch}{model.depth}-{datamodule.name}-s{cfg.seed}"
-    experiment, summary["comet"] = (
-        comet.start(cfg.logger, run_dir, name, comet.run_tags(summary)) if rank_zero else (None, {})
-    )
+    comet_run = None
     if rank_zero:
         log.info(f"{name}: {summary['params']:,} parameters, run dir {run_dir}")
+        if ckpt_path:
+            log.info(f"resuming from {ckpt_path}, saved at the end of epoch {resume_epoch + 1}")
+        comet_run = comet.start(cfg.logger, run_dir, name, comet.run_tags(summary), resume_epoch)
+    summary["comet"] = comet_run.info if comet_run else {"mode": "disabled"}
 
     tty = sys.stdout.isatty()
     measures = [TrainingCost(cfg.measure.warmup_steps)] if cfg.measure.enabled else []
     if cfg.measure.enabled and cfg.measure.grad_norm_every > 0:
         measures.append(GradientFlow(cfg.measure.grad_norm_every))
     record = EpochRecord(run_dir / "metrics.csv", print_lines=not tty, extras=measures)
+    # checkpoints/last.ckpt, replaced at the end of every epoch (after metrics.csv has its row)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
-        save_last=True,
-        save_top_k=0,
+        filename="last",
+        save_top_k=1,
         save_on_train_epoch_end=True,
         enable_version_counter=False,
     )
@@ -110,11 +120,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trainer = instantiate(
             cfg.trainer,
             default_root_dir=run_dir,
-            logger=_loggers(cfg, run_dir, experiment) or False,
+            logger=_loggers(cfg, run_dir, comet_run) or False,
             callbacks=[record, *measures, checkpoint, *([RichProgressBar()] if tty else [])],
             precision=device.precision,
             enable_progress_bar=tty,
             enable_model_summary=False,  # one line of our own says what the model is
+            plugins=cluster_plugins(),
         )
     except Exception as error:
         raise UserError(f"trainer: {error}") from None
@@ -126,6 +137,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
         test_error = 1 - test["test/acc"]
         summary["status"] = "completed"
+    except Diverged as error:
+        summary.update(status="diverged", error=str(error))
     except (KeyboardInterrupt, SystemExit) as error:
         summary.update(status="interrupted", error=type(error).__name__)
     except Exception as error:
@@ -147,7 +160,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         grad_norms=_grad_norms(record.rows),
         wall_time_s=round(time.perf_counter() - started, 2),
     )
-    summary["comet"] = comet.finish(experiment, summary["comet"], summary, run_dir)
+    if comet_run:
+        summary["comet"] = comet_run.finish(summary)
     write_json(summary_path, summary)
     if summary["status"] != "completed":
         raise RunFailed(f"run {summary['status']}: {summary.get('error', '')} (record: {summary_path})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
 os.environ.setdefault("COMET_LOGGING_CONSOLE", "WARNING")
 os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
+# When the server is slow or gone at the end of a run, wait at most this long (Comet's defaults are 1 and
+# 3 hours) before its data goes to an offline archive instead.
+os.environ.setdefault("COMET_TIMEOUT_CLEANING", "30")
+os.environ.setdefault("COMET_TIMEOUT_UPLOAD", "30")
 REACHABLE_TIMEOUT_S = 5
 
 
@@ -59,85 +64,117 @@ def run_tags(summary: Mapping[str, Any]) -> list[str]:
 
 
 def start(
-    logger_cfg: Mapping[str, Any], run_dir: Path, name: str, tags: list[str]
-) -> tuple[Any, dict[str, str]]:
-    """The run's Comet experiment (None unless logger=comet) and its entry for summary.json.
+    logger_cfg: Mapping[str, Any], run_dir: Path, name: str, tags: list[str], resume_epoch: int | None = None
+) -> CometRun | None:
+    """The run's Comet experiment, or None unless logger=comet.
 
-    Comet failing to start never fails the run: it goes on without Comet and says so.
+    A resumed run (`resume_epoch`) continues the experiment whose key its run directory kept. Comet
+    failing to start never fails the run: it goes on without Comet and says so.
     """
     if logger_cfg["name"] != "comet":
-        return None, {"mode": "disabled"}
+        return None
+    key_file = run_dir / "comet" / "experiment_key"
+    key = key_file.read_text().strip() if resume_epoch is not None and key_file.exists() else None
     try:
-        experiment, mode = _start_experiment(
-            run_dir, name, tags, logger_cfg["project"], logger_cfg["workspace"], logger_cfg["online"]
-        )
-        return experiment, {"mode": mode}
+        run = CometRun.start(run_dir, name, tags, logger_cfg, key)
     except UserError:
         raise
     except Exception as error:
         log.warning(f"Comet could not start ({error}); continuing without it")
-        return None, {"mode": "disabled"}
+        return None
+    key_file.write_text(run.experiment.get_key())
+    if key is not None:
+        run.experiment.add_tag("resumed")
+        run.experiment.log_other("resumed_after_epoch", resume_epoch + 1)
+    return run
 
 
-def finish(experiment: Any, info: dict[str, str], summary: dict[str, Any], run_dir: Path) -> dict[str, str]:
-    """Log the summary's figures, end the experiment (one per run, also inside a multirun), and return
-    where its data went."""
-    if experiment is None:
+class CometRun:
+    """One run's Comet experiment, from the start of the run to its end."""
+
+    def __init__(self, experiment: Any, mode: str, folder: Path, started: float) -> None:
+        self.experiment, self.mode, self.folder, self.started = experiment, mode, folder, started
+
+    @classmethod
+    def start(
+        cls, run_dir: Path, name: str, tags: list[str], logger_cfg: Mapping[str, Any], key: str | None
+    ) -> CometRun:
+        import comet_ml
+        from comet_ml.config import get_api_key, get_config
+
+        online = logger_cfg["online"]
+        has_key = get_api_key(None, get_config()) is not None
+        if online is True and not has_key:
+            raise UserError("logger.online=true but no Comet API key: set COMET_API_KEY or run `comet login`")
+        go_online = has_key and online is not False
+        if go_online and (reason := server_unreachable()):
+            log.warning(f"Comet server unreachable ({reason}): logging offline")
+            go_online = False
+        folder = run_dir / "comet"
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        config = comet_ml.ExperimentConfig(
+            name=name,
+            tags=tags,
+            offline_directory=str(folder),
+            auto_output_logging=None,
+            log_code=False,
+            parse_args=False,
+            # CPU/GPU utilisation curves matter on GPUs (is the data pipeline keeping up?); elsewhere
+            # their thread only delays the end of each run by a second.
+            log_env_cpu=torch.cuda.is_available(),
+            log_env_gpu=torch.cuda.is_available(),
+            log_env_disk=False,
+            log_env_network=False,
+            display_summary_level=0,
+        )
+        experiment = comet_ml.start(
+            project_name=logger_cfg["project"],
+            workspace=logger_cfg["workspace"],
+            online=go_online,
+            experiment_key=key,
+            mode="create" if key is None else "get_or_create",
+            experiment_config=config,
+        )
+        return cls(experiment, "online" if go_online else "offline", folder, started)
+
+    @property
+    def logger(self) -> CometLogger:
+        return CometLogger(self.experiment)
+
+    @property
+    def info(self) -> dict[str, str]:
+        return {"mode": self.mode}
+
+    def finish(self, summary: dict[str, Any]) -> dict[str, str]:
+        """Log the summary's figures, end the experiment (one per run, also inside a multirun), and
+        return where its data went: the online URL, and an archive when Comet wrote one (offline, or
+        online after losing the server)."""
+        info = self.info
+        try:
+            figures = {
+                k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+            self.experiment.log_metrics(figures)
+            self.experiment.end()
+        except Exception as error:
+            log.warning(f"Comet failed at the end of the run ({error}); the local record is complete")
+            return info
+        if self.mode == "online":
+            info["url"] = self.experiment.url
+            log.info(f"Comet: {self.experiment.url}")
+        # this run's archive: a resumed run's folder also holds the archive of its first part
+        archives = [
+            p for p in self.folder.glob(f"{self.experiment.id}*.zip") if p.stat().st_mtime >= self.started
+        ]
+        archives.sort(key=os.path.getmtime)
+        if archives:
+            info["archive"] = str(archives[-1])
+            shown = os.path.relpath(archives[-1])
+            log.info(f"Comet offline archive: {shown}  (upload: comet upload {shown})")
+        elif self.mode == "offline":
+            log.warning("Comet wrote no offline archive")
         return info
-    try:
-        experiment.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        return _end_experiment(experiment, info["mode"], run_dir)
-    except Exception as error:
-        log.warning(f"Comet failed at the end of the run ({error}); the local record is complete")
-        return info
-
-
-def _start_experiment(
-    run_dir: Path, name: str, tags: list[str], project: str, workspace: str | None, online: str | bool
-) -> tuple[Any, str]:
-    import comet_ml
-    from comet_ml.config import get_api_key, get_config
-
-    has_key = get_api_key(None, get_config()) is not None
-    if online is True and not has_key:
-        raise UserError("logger.online=true but no Comet API key: set COMET_API_KEY or run `comet login`")
-    go_online = has_key and online is not False
-    if go_online and (reason := server_unreachable()):
-        log.warning(f"Comet server unreachable ({reason}): logging offline")
-        go_online = False
-    config = comet_ml.ExperimentConfig(
-        name=name,
-        tags=tags,
-        offline_directory=str(run_dir / "comet"),
-        auto_output_logging=None,
-        log_code=False,
-        parse_args=False,
-        # CPU/GPU utilisation curves matter on GPUs (is the data pipeline keeping up?); elsewhere their
-        # thread only delays the end of each run by a second.
-        log_env_cpu=torch.cuda.is_available(),
-        log_env_gpu=torch.cuda.is_available(),
-        log_env_disk=False,
-        log_env_network=False,
-        display_summary_level=0,
-    )
-    experiment = comet_ml.start(
-        project_name=project, workspace=workspace, online=go_online, mode="create", experiment_config=config
-    )
-    return experiment, "online" if go_online else "offline"
-
-
-def _end_experiment(experiment: Any, mode: str, run_dir: Path) -> dict[str, str]:
-    experiment.end()
-    if mode == "online":
-        log.info(f"Comet: {experiment.url}")
-        return {"mode": mode, "url": experiment.url}
-    archives = sorted((run_dir / "comet").glob(f"{experiment.id}*.zip"), key=os.path.getmtime)
-    if not archives:
-        log.warning("Comet wrote no offline archive")
-        return {"mode": mode}
-    archive = os.path.relpath(archives[-1])
-    log.info(f"Comet offline archive: {archive}  (upload: comet upload {archive})")
-    return {"mode": mode, "archive": str(archives[-1])}
 
 
 class CometLogger(Logger):

@@ -18,8 +18,12 @@ def silence_library_noise() -> None:
     # An advert printed by every Trainer without Lightning's own cloud logger, and a note on how the
     # schedule's length is found.
     _drop("pytorch_lightning.utilities.rank_zero", "💡 Tip", "Loading `train_dataloader` to estimate")
+    # matplotlib announces building its font cache (on first use in a new home directory).
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     # Small datasets (digits) have fewer batches per epoch than the step-logging interval: nothing is lost,
     # epoch metrics are logged at the end of each epoch.
     warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging")
+    # Resuming a run writes its next checkpoint where the last one is: that is the point.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     # pytorch-lightning 2.6 calls a torch.utils._pytree API that newer torch deprecates.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")

@@ -56,13 +56,15 @@ class EpochMetrics(Protocol):
     def end_epoch(self) -> dict[str, float]: ...
 
 
-PRINTED = ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "step_time_ms")
+PRINTED = ("train/loss", "train/acc", "val/loss", "val/acc", "lr")
+TIMINGS = ("step_time_ms",)  # measured, not computed: logged and printed but kept out of metrics.csv
 
 
 class EpochRecord(pl.Callback):
-    """Appends one row per epoch to metrics.csv (epoch, step, lr, train/val loss and accuracy, time, and
-    what `extras` measured over the epoch) and, when `print_lines`, prints it as one line (for logs that
-    are not a terminal: CI, SLURM).
+    """Appends one row per epoch to metrics.csv: epoch, step, lr, train/val loss and accuracy, and what
+    `extras` measured over the epoch (gradient norms). Timings go to the loggers only, so that a seeded
+    run on a CPU writes the same metrics.csv every time. When `print_lines`, prints each epoch as one
+    line (for logs that are not a terminal: CI, SLURM).
 
     On resume, rows of epochs that will run again are dropped, so every epoch appears exactly once.
     """
@@ -83,11 +85,16 @@ class EpochRecord(pl.Callback):
             return
         metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor)}
         metrics.update(measured)
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **dict(sorted(metrics.items()))}
-        row["epoch_time_s"] = round(time.perf_counter() - self.started, 3)
-        self.rows.append(row)
+        recorded = {k: v for k, v in metrics.items() if k not in TIMINGS}
+        self.rows.append(
+            {"epoch": trainer.current_epoch, "step": trainer.global_step, **dict(sorted(recorded.items()))}
+        )
         write_rows(self.path, self.rows)
+        timings = {k: v for k, v in metrics.items() if k in TIMINGS}
+        timings["epoch_time_s"] = time.perf_counter() - self.started
+        for logger in trainer.loggers:
+            logger.log_metrics({**timings, "epoch": trainer.current_epoch}, step=trainer.global_step)
         if self.print_lines:
-            shown = " ".join(f"{k} {_format(metrics[k])}" for k in PRINTED if k in metrics)
+            shown = "  ".join(f"{k} {_format(metrics[k])}" for k in (*PRINTED, *TIMINGS) if k in metrics)
             epoch = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
-            log.info(f"{epoch}  {shown}  ({row['epoch_time_s']:.1f}s)")
+            log.info(f"{epoch}  {shown}  ({timings['epoch_time_s']:.1f}s)")

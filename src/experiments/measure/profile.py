@@ -83,12 +83,10 @@ def profile(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         default_root_dir=run_dir,
     )
     name = f"{model.arch}{model.depth}-{shape.name}-profile"
-    experiment, summary["comet"] = comet.start(
-        cfg.logger, run_dir, name, ["profile", *comet.run_tags(summary)]
-    )
+    comet_run = comet.start(cfg.logger, run_dir, name, ["profile", *comet.run_tags(summary)])
     trainer.fit(build_module(cfg, model, device), datamodule=data)
     summary.update(cost.summary(), status="completed", wall_time_s=round(time.perf_counter() - started, 2))
-    summary["comet"] = comet.finish(experiment, summary["comet"], summary, run_dir)
+    summary["comet"] = comet_run.finish(summary) if comet_run else {"mode": "disabled"}
     write_json(run_dir / "summary.json", summary)
     log.info(one_line(summary))
     return summary

@@ -39,7 +39,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def report(directories: list[Path], out: Path, logger: str = "comet", online: str = "auto") -> Path:
     """Write the report of the runs under `directories` into `out`; returns report.md's path."""
-    from experiments.report import plots, tables
     from experiments.report.collect import find_runs
 
     for directory in directories:
@@ -48,6 +47,8 @@ def report(directories: list[Path], out: Path, logger: str = "comet", online: st
     runs = [run for run in find_runs(directories) if out not in run.path.parents]
     if not runs:
         raise UserError(f"no runs under {', '.join(map(str, directories))} (a run directory holds .hydra/)")
+    from experiments.report import plots, tables
+
     out.mkdir(parents=True, exist_ok=True)
     figures, missing = {}, []
     for name, draw in plots.FIGURES.items():
@@ -67,14 +68,14 @@ def _log_to_comet(runs: list, out: Path, figures: list[Path], online: str | bool
 
     sweeps = sorted({f"sweep:{run.get('sweep')}" for run in runs if run.get("sweep")})
     logger = {"name": "comet", "project": "resnet-vs-densenet", "workspace": None, "online": online}
-    experiment, info = comet.start(logger, out, f"report {out}", ["report", *sweeps])
-    if experiment is None:
+    comet_run = comet.start(logger, out, f"report {out}", ["report", *sweeps])
+    if comet_run is None:
         return
     for figure in figures:
-        experiment.log_image(str(figure), name=figure.stem)
-    experiment.log_asset(str(out / "report.md"))
-    experiment.log_table(str(out / "runs.csv"))  # shown by Comet as a data table
-    comet.finish(experiment, info, {}, out)
+        comet_run.experiment.log_image(str(figure), name=figure.stem)
+    comet_run.experiment.log_asset(str(out / "report.md"))
+    comet_run.experiment.log_table(str(out / "runs.csv"))  # shown by Comet as a data table
+    comet_run.finish({})
 
 
 def main(args: list[str]) -> int:

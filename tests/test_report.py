@@ -1,0 +1,137 @@
+"""`experiments report` on a real (small) sweep, with a killed run and a failed one among its runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import matplotlib.image
+import pytest
+
+from experiments.report.plots import exponent
+from tests.helpers import archive_messages, clean_env, run_cli, run_dirs
+
+
+@pytest.fixture
+def sweep_with_casualties(digits_sweep, tmp_path):
+    """A copy of the digits sweep where plain-32 lost its summary (killed) and resnet-32 failed."""
+    workdir, _ = digits_sweep
+    shutil.copytree(workdir / "multirun", tmp_path / "multirun")
+    (tmp_path / "home").mkdir()
+    runs = {run.name.split("-")[0]: run for run in run_dirs(tmp_path / "multirun")}
+    (runs["plain32"] / "summary.json").unlink()
+    failed = json.loads((runs["resnet32"] / "summary.json").read_text())
+    failed.update(status="failed", error="RuntimeError: out of memory", test_error=None)
+    (runs["resnet32"] / "summary.json").write_text(json.dumps(failed))
+    return tmp_path, runs["plain20"].parent
+
+
+def test_report_tables_and_figures(sweep_with_casualties):
+    workdir, sweep = sweep_with_casualties
+    result = run_cli("report", str(sweep), "--out", "report", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    out = workdir / "report"
+    assert "report: report/report.md" in result.stdout
+
+    with (out / "runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "arch",
+        "depth",
+        "memory_efficient",
+        "command",
+        "dataset",
+        "batch",
+        "params",
+        "flops",
+        "activation_memory",
+        "peak_memory",
+        "step_time_ms",
+        "epochs",
+        "train_error",
+        "val_error",
+        "test_error",
+        "status",
+        "run_dir",
+    ]
+    assert [(r["arch"], r["depth"], r["status"]) for r in rows] == [
+        ("plain", "20", "completed"),
+        ("plain", "32", "unfinished"),
+        ("resnet", "20", "completed"),
+        ("resnet", "32", "failed"),
+    ]
+    assert rows[1]["epochs"] == "1"  # the killed run's metrics.csv still counts
+    assert float(rows[0]["params"]) > 0 and 0 <= float(rows[0]["train_error"]) <= 1
+
+    markdown = (out / "report.md").read_text()
+    assert markdown.count("| plain |") == 2 and markdown.count("| resnet |") == 2
+    assert "RuntimeError: out of memory" in markdown and "unfinished" in markdown
+    figures = sorted(p.name for p in out.glob("*.png"))
+    assert figures == [
+        "accuracy_vs_params.png",
+        "activation_memory.png",
+        "error_vs_depth.png",
+        "gradient_norms.png",
+        "step_time.png",
+        "training_error_digits.png",
+    ]
+    for figure in figures:
+        assert f"]({figure})" in markdown
+        pixels = matplotlib.image.imread(out / figure)
+        assert pixels.shape[0] >= 400 and pixels.shape[1] >= 600 and pixels.std() > 0.01, figure
+
+    (archive,) = (out / "comet").glob("*.zip")
+    with zipfile.ZipFile(archive) as z:
+        experiment = json.loads(z.read("experiment.json"))
+    assert f"sweep:{sweep.relative_to(workdir)}" in experiment["tags"] and "report" in experiment["tags"]
+    uploads = [m["payload"] for m in archive_messages(archive) if m["type"] == "file_upload"]
+    images = sorted(u["additional_params"]["figName"] for u in uploads if u["upload_type"] == "visualization")
+    assert images == [figure.removesuffix(".png") for figure in figures]
+    assets = sorted(u["additional_params"]["fileName"] for u in uploads if u["upload_type"] == "asset")
+    assert assets == ["report.md", "runs.csv"]
+
+
+def test_report_of_a_directory_without_runs_is_one_line(workdir):
+    (workdir / "empty").mkdir()
+    result = run_cli("report", "empty", cwd=workdir)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: no runs under empty (a run directory holds .hydra/)"
+    ]
+    missing = run_cli("report", "nowhere", cwd=workdir)
+    assert missing.returncode == 1 and missing.stderr.strip() == "error: nowhere is not a directory"
+
+
+def test_exponent_of_a_power_law():
+    assert exponent([10, 20, 40], [3 * d**1.5 for d in (10, 20, 40)]) == pytest.approx(1.5)
+
+
+@pytest.mark.slow
+def test_demo_shows_degradation_and_the_densenet_memory_trade_off(workdir):
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.demo", "demo"],
+        cwd=workdir,
+        env=clean_env(workdir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "open demo/report/report.md" in result.stdout
+    with (workdir / "demo" / "report" / "runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    train = {(r["arch"], int(r["depth"])): float(r["train_error"]) for r in rows if r["command"] == "train"}
+    assert train[("plain", 56)] >= train[("plain", 20)] + 0.2
+    assert train[("resnet", 56)] <= train[("plain", 56)] - 0.2
+    memory = {}
+    for r in rows:
+        if r["command"] == "profile" and r["arch"] == "densenet_bc":
+            memory.setdefault(r["memory_efficient"], []).append(
+                (int(r["depth"]), float(r["activation_memory"]))
+            )
+    slopes = {key: exponent(*zip(*sorted(points), strict=True)) for key, points in memory.items()}
+    assert slopes["False"] > slopes["True"]
