@@ -32,6 +32,7 @@ demo: install
 
 bench: install
 	$(PY) bench/memory.py
+	$(PY) bench/speed.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

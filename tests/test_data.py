@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from torchvision import datasets
 
 from experiments.data import Digits, Synthetic, TensorBatches, TorchvisionData
-from experiments.data.arrays import Split
+from experiments.data.arrays import Split, random_crop, random_flip
 
 TRAIN, TEST = 60, 20
 
@@ -89,13 +90,13 @@ def test_torchvision_datasets_load_from_their_files(name, tmp_path, skip_md5):
     data.prepare_data()  # files present: no download attempted
     data.setup()
     assert {k: len(v) for k, v in data.splits.items()} == {"train": TRAIN - 10, "val": 10, "test": TEST}
-    images, labels = next(iter(data.train_dataloader()))
+    images, labels = next(iter(data.batches("train", torch.device("cpu"))))
     assert images.shape == (16, data.in_channels, data.image_size, data.image_size)
     assert images.dtype == torch.float32 and labels.dtype == torch.int64
     assert labels.min() >= 0 and labels.max() < data.num_classes
     # normalised with the training split's own statistics
     everything = torch.cat(
-        [x for x, _ in data._batches("val")]
+        [x for x, _ in data.batches("val", torch.device("cpu"))]
         + [x for x, _ in TensorBatches(data.splits["train"], 64, data.mean, data.std, train=False)]
     )
     assert abs(everything.mean().item()) < 0.2
@@ -116,7 +117,7 @@ def test_digits_split_and_batches():
     data = Digits("digits", batch_size=64, val_size=150)
     data.setup()
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 1350, "val": 150, "test": 297}
-    images, _ = next(iter(data.train_dataloader()))
+    images, _ = next(iter(data.batches("train", torch.device("cpu"))))
     assert images.shape == (64, 1, 8, 8)
     other_seed = Digits("digits", batch_size=64, val_size=150, seed=1)
     other_seed.setup()
@@ -135,7 +136,7 @@ def test_synthetic_has_any_shape():
         batch_size=16,
     )
     data.setup()
-    images, labels = next(iter(data.train_dataloader()))
+    images, labels = next(iter(data.batches("train", torch.device("cpu"))))
     assert images.shape == (16, 5, 20, 20) and labels.max() < 3
 
 
@@ -153,3 +154,44 @@ def test_batches_are_seeded_per_epoch_and_sharded_per_rank():
     halves = order(0, 0, 2) + order(0, 1, 2)
     assert sorted(halves) == list(range(100))
     assert len(TensorBatches(split, 32, mean, std, train=True)) == 4
+
+
+def crop_and_flip_histogram(outputs: torch.Tensor, source: torch.Tensor, padding: int) -> Counter:
+    """How often each (row offset, column offset, flipped) produced `outputs` from `source`."""
+    padded = torch.nn.functional.pad(source, (padding,) * 4)
+    size = source.shape[-1]
+    candidates = {}
+    for dy in range(2 * padding + 1):
+        for dx in range(2 * padding + 1):
+            crop = padded[:, dy : dy + size, dx : dx + size]
+            candidates[crop.numpy().tobytes()] = (dy, dx, False)
+            candidates[crop.flip(-1).numpy().tobytes()] = (dy, dx, True)
+    return Counter(candidates[image.numpy().tobytes()] for image in outputs)
+
+
+def test_batched_augmentation_matches_torchvisions_distribution():
+    """The GPU-resident path (batched crops and flips on the dataset's device, here the CPU) draws crops and
+    flips as the DataLoader path's torchvision transforms do: each of the 81 offsets and both flips alike."""
+    from torchvision import transforms
+
+    n, padding = 8100, 4
+    source = torch.randperm(3 * 32 * 32).remainder(251).to(torch.uint8).view(3, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    batched = random_flip(random_crop(source.expand(n, -1, -1, -1), padding, generator), generator)
+    torch.manual_seed(0)
+    per_image = transforms.Compose(
+        [transforms.RandomCrop(32, padding=padding), transforms.RandomHorizontalFlip()]
+    )
+    reference = torch.stack([per_image(source) for _ in range(n)])
+
+    for outputs in (batched, reference):
+        counts = crop_and_flip_histogram(outputs, source, padding)
+        assert len(counts) == 81 * 2  # every offset, flipped and not
+        offsets = Counter()
+        for (dy, dx, _), count in counts.items():
+            offsets[dy, dx] += count
+        expected = n / 81
+        chi_square = sum((c - expected) ** 2 / expected for c in offsets.values())
+        assert chi_square < 130  # 80 degrees of freedom: p < 0.001 above 124.8
+        flipped = sum(c for (_, _, f), c in counts.items() if f) / n
+        assert abs(flipped - 0.5) < 0.03

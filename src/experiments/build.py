@@ -46,6 +46,8 @@ def build_module(cfg: DictConfig, model: nn.Module, device: Device):  # -> Class
     """The LightningModule around `model`, laid out and compiled for `device`."""
     from experiments.module import Classifier
 
+    if device.cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
     if device.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:

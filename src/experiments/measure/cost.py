@@ -51,6 +51,7 @@ class TrainingCost(pl.Callback):
         self.span_ms = self.data_wait_s = 0.0
         self.images = 0
         self.peak_bytes: int | None = None
+        self.first_step_time: float | None = None  # Unix time: how long the command took to start training
         self._pending: list[tuple[Any, Any]] = []
         self._seen = 0
 
@@ -66,6 +67,7 @@ class TrainingCost(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *_: Any
     ) -> None:
+        self.first_step_time = self.first_step_time or time.time()
         self._timed = self._seen >= self.warmup_steps
         if self._timed:
             if self._last_end is not None:
@@ -111,4 +113,5 @@ class TrainingCost(pl.Callback):
             "peak_memory_bytes": self.peak_bytes,
             "peak_memory_source": self.memory.source if self.peak_bytes is not None else None,
             "peak_memory_reserved_bytes": self.memory.reserved_bytes if self.peak_bytes is not None else None,
+            "first_step_time": self.first_step_time,
         }

@@ -1,0 +1,199 @@
+"""Speed benchmark: the project's `train` path against a minimal hand-written PyTorch loop, with the same
+model, data, optimiser, schedule, device settings and steps, in one process; then how long
+`experiments --help` takes and how long a command takes to reach its first training step.
+
+Both paths are timed the same way: images over the span from the first timed step of an epoch to the end
+of its last, data waits included, the first `--warmup` steps of a run excluded, one device sync per epoch.
+
+Usage: python bench/speed.py         CPU cases (make bench)
+       python bench/speed.py --gpu   GPU cases at batch 128 (bench/gpu_check.sh)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.optim.lr_scheduler import LambdaLR
+
+from experiments.app import CONF_DIR
+from experiments.build import build_datamodule, build_model, resolve_device
+from experiments.logging.noise import silence_library_noise
+from experiments.measure.memory import PeakMemory
+from experiments.module import lr_factor
+from experiments.train import train
+
+SYNTHETIC = ["dataset=synthetic", "dataset.train_size=1024"]
+CPU_CASES = {
+    "resnet20, 32 px": ["arch=resnet20", *SYNTHETIC],
+    "densenet_bc40, 32 px": ["arch=densenet_bc", "arch.depth=40", *SYNTHETIC],
+    "resnet56, digits": ["arch=resnet56", "dataset=digits"],
+}
+GPU_DATA = ["dataset=synthetic", "dataset.train_size=25600", "dataset.batch_size=128"]
+GPU_CASES = {
+    "resnet20": ["arch=resnet20", *GPU_DATA],
+    "resnet56": ["arch=resnet56", *GPU_DATA],
+    "resnet110": ["arch=resnet110", *GPU_DATA],
+    "densenet_bc100": ["arch=densenet_bc100", *GPU_DATA],
+    "densenet121": ["arch=densenet121", *GPU_DATA],
+}
+HE_RECIPE_IMAGES = 64_000 * 128  # ResNet-56, He et al.: 64k iterations at batch 128
+
+
+def config(overrides: list[str], epochs: int, warmup: int) -> DictConfig:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            [
+                *overrides,
+                "logger=none",
+                f"trainer.max_epochs={epochs}",
+                f"measure.warmup_steps={warmup}",
+                "+trainer.limit_val_batches=0",
+                "+trainer.num_sanity_val_steps=0",
+            ],
+        )
+
+
+def project(cfg: DictConfig, out: Path) -> dict:
+    summary = train(cfg, out)
+    return {"throughput": summary["throughput"], "peak": summary["peak_memory_bytes"]}
+
+
+def raw_loop(cfg: DictConfig, warmup: int) -> dict:
+    """The same training, written out by hand: the loop a careful PyTorch user would write."""
+    torch.manual_seed(cfg.seed)
+    device_settings = resolve_device(cfg)
+    device = torch.device("cuda" if device_settings.cuda else "cpu")
+    data = build_datamodule(cfg)
+    data.setup()
+    model = build_model(cfg, data).to(device)
+    if device_settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()
+    model.train()
+    optimizer = instantiate(cfg.optim)(model.parameters())
+    batches = data.batches("train", device)
+    steps = cfg.trainer.max_epochs * len(batches)
+    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    scheduler = LambdaLR(optimizer, partial(lr_factor, total_steps=steps, **schedule))
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device_settings.precision == "bf16-mixed"
+        else contextlib.nullcontext()
+    )
+    memory = PeakMemory(device)
+    memory.start()
+    step, images, seconds = 0, 0, 0.0
+    for epoch in range(cfg.trainer.max_epochs):
+        batches.sampler.set_epoch(epoch)
+        start = None
+        for x, y in batches:
+            if step == warmup or (step > warmup and start is None):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            if device_settings.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            images += len(y) if start is not None else 0
+        if start is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - start
+    return {"throughput": images / seconds, "peak": memory.stop()}
+
+
+def startup(out: Path) -> None:
+    """How long `--help` and a first training step take from the command line, and why."""
+    run = [sys.executable, "-m", "experiments"]
+    begun = time.time()
+    subprocess.run([*run, "--help"], check=True, capture_output=True)
+    help_s = time.time() - begun
+    begun = time.time()
+    subprocess.run(
+        [
+            *run,
+            "train",
+            "arch=resnet20",
+            "dataset=digits",
+            "trainer.max_epochs=1",
+            "logger=none",
+            f"hydra.run.dir={out / 'startup'}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    first_step_s = json.loads((out / "startup" / "summary.json").read_text())["first_step_time"] - begun
+    imports = {}
+    for module in ("torch", "pytorch_lightning"):
+        begun = time.time()
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+        imports[module] = time.time() - begun
+    print(f"`experiments --help`: {help_s:.2f} s (target < 1.5 s: the dispatcher imports no library)")
+    print(
+        f"command to first training step (train arch=resnet20 dataset=digits): {first_step_s:.1f} s, "
+        f"of which importing torch takes {imports['torch']:.1f} s and pytorch_lightning "
+        f"(with torch and torchmetrics) {imports['pytorch_lightning']:.1f} s; the rest is Hydra, the data, "
+        "the model and its meta-device counts, Lightning's setup and its two sanity-check validation batches"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--gpu", action="store_true", help="the GPU cases (bf16, channels_last, data on the GPU)"
+    )
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5, help="steps at the start not timed")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both paths")
+    args = parser.parse_args()
+    silence_library_noise()
+    cases = GPU_CASES if args.gpu else CPU_CASES
+    device = torch.cuda.get_device_name() if args.gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__} on {device}")
+    header = f"{'case':<22} {'batch':>5} {'project img/s':>14} {'raw loop img/s':>15} {'ratio':>6}"
+    print(header + ("  peak MB project / raw" if args.gpu else ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in cases.items():
+            extra = ["trainer=gpu"] if args.gpu else ["trainer=cpu"]
+            extra += ["compile=true"] if args.compile else []
+            cfg = config([*overrides, *extra], args.epochs, args.warmup)
+            ours = project(cfg, Path(tmp) / name.replace(" ", "_").replace(",", ""))
+            raw = raw_loop(cfg, args.warmup)
+            ratio = ours["throughput"] / raw["throughput"]
+            line = (
+                f"{name:<22} {cfg.dataset.batch_size:>5} {ours['throughput']:>14,.0f} "
+                f"{raw['throughput']:>15,.0f} {ratio:>6.2f}"
+            )
+            if args.gpu:
+                line += f"  {ours['peak'] / 1e6:,.0f} / {raw['peak'] / 1e6:,.0f}"
+                if name == "resnet56":
+                    minutes = HE_RECIPE_IMAGES / ours["throughput"] / 60
+                    line += f"  (He et al.'s 64k x 128 recipe: {minutes:.1f} min)"
+            print(line, flush=True)
+        if not args.gpu:
+            startup(Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
