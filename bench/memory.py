@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,18 +21,12 @@ from experiments.logging.noise import silence_library_noise
 from experiments.measure.counts import activation_bytes
 from experiments.measure.profile import profile
 from experiments.models import create_model
+from experiments.report.plots import exponent
 from experiments.train import train
 
 DENSENET_DEPTHS = [40, 100, 190]
 RESNET_DEPTHS = [20, 56, 110]
 BATCH = 64
-
-
-def exponent(depths: list[int], values: list[float]) -> float:
-    """Least-squares slope of log(value) on log(depth)."""
-    xs, ys = [math.log(d) for d in depths], [math.log(v) for v in values]
-    mx, my = statistics.mean(xs), statistics.mean(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
 def config(command: str, *overrides: str):
@@ -102,8 +95,9 @@ def measurement_overhead(repeats: int, out: Path) -> None:
                 f"measure.enabled={enabled}",
             )
             train(cfg, run_dir)
-            with (run_dir / "metrics.csv").open() as f:
-                epochs[enabled] += [float(row["epoch_time_s"]) for row in csv.DictReader(f)][1:]
+            with (run_dir / "csv" / "metrics.csv").open() as f:  # Lightning's CSVLogger has the timings
+                times = [float(row["epoch_time_s"]) for row in csv.DictReader(f) if row.get("epoch_time_s")]
+            epochs[enabled] += times[1:]
     on, off = statistics.median(epochs[True]), statistics.median(epochs[False])
     print(
         f"Measurement overhead, resnet20 on synthetic 32 px, batch 128, 8 steps/epoch: median training epoch "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 
 import pytest
@@ -17,6 +16,7 @@ from experiments.measure.counts import activation_bytes, count_params, flops_per
 from experiments.measure.gradflow import part_norms
 from experiments.models import create_model
 from experiments.module import Classifier
+from experiments.report.plots import exponent
 from tests.helpers import archive_metrics, run_cli, run_dirs
 
 
@@ -52,13 +52,6 @@ def test_activation_bytes_are_the_same_on_meta_and_on_cpu():
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     on_cpu = saved_bytes(lambda: nn.functional.cross_entropy(model(x), y), exclude=model.parameters())
     assert activation_bytes(model, (8, 3, 32, 32)) == on_cpu
-
-
-def exponent(depths: list[int], values: list[int]) -> float:
-    """The slope of log(value) against log(depth), least squares."""
-    xs, ys = [math.log(d) for d in depths], [math.log(v) for v in values]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
 def test_densenet_memory_is_quadratic_naive_and_linear_efficient():
@@ -145,8 +138,10 @@ def test_a_train_run_records_and_logs_its_measurements(workdir):
     assert all(len(v) == 2 and all(x > 0 for x in v) for v in summary["grad_norms"].values())
     (archive,) = (run / "comet").glob("*.zip")
     metrics = archive_metrics(archive)
-    for key in ("flops_per_image", "activation_bytes", "step_time_ms", "throughput", "peak_memory_bytes"):
+    for key in ("flops_per_image", "activation_bytes", "throughput", "peak_memory_bytes"):
         assert metrics[key] == [pytest.approx(summary[key])], key
+    assert len(metrics["step_time_ms"]) == 3  # each epoch's median, then the run's
+    assert metrics["step_time_ms"][-1] == pytest.approx(summary["step_time_ms"])
     assert len(metrics["grad_norm/stage1"]) == 9  # steps 0, 5, ..., 40 of 2 x 22 steps
 
 

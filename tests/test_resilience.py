@@ -23,6 +23,7 @@ def epochs_in(metrics: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_leaves_one_run(workdir):
     result = run_cli(
         "train",
@@ -81,6 +82,7 @@ def test_a_killed_run_resumes_where_it_stopped(workdir):
     assert others["resumed_after_epoch"] >= 1 and summary["comet"]["archive"].split("/")[-1].startswith(key)
 
 
+@pytest.mark.slow
 def test_resuming_from_a_given_checkpoint(workdir):
     first = run_cli(
         "train", "arch=resnet20", "dataset=digits", "trainer.max_epochs=1", "logger=none", cwd=workdir
@@ -125,6 +127,7 @@ def test_divergence_stops_its_run_and_the_sweep_goes_on(workdir):
     assert "| diverged |" in next(workdir.glob("multirun/*/*/report/report.md")).read_text()
 
 
+@pytest.mark.slow
 def test_a_seed_gives_the_same_metrics_csv(workdir):
     for name in ("a", "b"):
         result = run_cli(

@@ -24,7 +24,10 @@ from experiments.sweep import SweepProgress
 
 log = logging.getLogger(__name__)
 
+# conf/ beside src/ in a checkout (an editable install), else where `pip install .` put it
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+if not CONF_DIR.is_dir():
+    CONF_DIR = Path(sys.prefix) / "share" / "experiments" / "conf"
 
 
 def run_name(*, _root_: DictConfig) -> str:
@@ -97,10 +100,7 @@ def _job(command: str) -> Callable[[DictConfig], Any]:
 def run(command: str, args: list[str]) -> int:
     """Run `command` as a Hydra app with `args` as its command line; returns the exit status."""
     if not CONF_DIR.is_dir():
-        print(
-            f"error: config directory {CONF_DIR} not found: install the project with `pip install -e .`",
-            file=sys.stderr,
-        )
+        print(f"error: config directory {CONF_DIR} not found: reinstall the project", file=sys.stderr)
         return 2
     # Hydra prints multi-line reports with stack traces unless HYDRA_FULL_ERROR is set, in which case it
     # raises: we let it raise and print one line ourselves, or the full traceback if the user asked for it.
@@ -120,10 +120,23 @@ def run(command: str, args: list[str]) -> int:
     except RunFailed as error:  # raised by a run in a launcher's worker process
         print(f"error: a run failed: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted; the run's record says where it stopped, and the same command resumes it",
+            file=sys.stderr,
+        )
+        return 130
     except Exception as error:
         if full_error:
             raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        if isinstance(error, OSError) and error.filename:  # Hydra could not create the run directory
+            message = (
+                f"cannot write {error.filename}: {error.strerror} "
+                "(runs go elsewhere with hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m)"
+            )
+        else:
+            message = one_line(error)
+        print(f"error: {message}", file=sys.stderr)
         return 2
     finally:
         sys.argv = argv

@@ -66,12 +66,12 @@ def _sweep_dir() -> str | None:
     return None
 
 
-def describe(cfg: DictConfig, model: nn.Module, datamodule, device: Device) -> dict[str, Any]:
-    """The summary.json keys known before any step: what runs, where, and what the model costs."""
+def describe(cfg: DictConfig, model: nn.Module, datamodule, device: Device, counts: bool) -> dict[str, Any]:
+    """The summary.json keys known before any step: what runs, where, and (with `counts`) what the model
+    costs in FLOPs and activation memory."""
     from experiments.measure.counts import activation_bytes, count_params, flops_per_image
 
     image = (datamodule.in_channels, datamodule.image_size, datamodule.image_size)
-    measured = cfg.measure.enabled
     return {
         "arch": model.arch,
         "depth": model.depth,
@@ -83,8 +83,8 @@ def describe(cfg: DictConfig, model: nn.Module, datamodule, device: Device) -> d
         "sweep": _sweep_dir(),
         "batch_size": datamodule.batch_size,
         "params": count_params(model),
-        "flops_per_image": flops_per_image(model, image) if measured else None,
-        "activation_bytes": activation_bytes(model, (datamodule.batch_size, *image)) if measured else None,
+        "flops_per_image": flops_per_image(model, image) if counts else None,
+        "activation_bytes": activation_bytes(model, (datamodule.batch_size, *image)) if counts else None,
         "device": device.name,
         "precision": device.precision,
     }

@@ -28,11 +28,6 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, MissingMandatoryValue) or isinstance(error.__cause__, MissingMandatoryValue):
         key = getattr(error, "full_key", None) or getattr(error.__cause__, "full_key", "")
         return f"{key} must be set: add {key}=VALUE to the command"
-    if isinstance(error, OSError) and error.filename:  # Hydra could not create the run directory
-        return (
-            f"cannot write {error.filename}: {error.strerror} "
-            "(runs go elsewhere with hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m)"
-        )
     if isinstance(error, MissingConfigException) and error.options is not None:
         missing = error.missing_cfg_file or ""
         group, _, name = missing.rpartition("/")

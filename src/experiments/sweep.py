@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
 class SweepProgress(Callback):
-    """A Hydra callback that counts the runs of a sweep before it starts, as the basic sweeper will."""
+    """A Hydra callback that counts the runs of a sweep before it starts, as the basic sweeper makes them:
+    the product of the lengths of its swept values, from the command line and hydra.sweeper.params."""
 
     size = 0  # runs in the sweep this process launches; 0 when unknown
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         params = [f"{key}={value}" for key, value in (config.hydra.sweeper.params or {}).items()]
         overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
-        batches = BasicSweeper.split_arguments(overrides, None)
-        SweepProgress.size = sum(len(batch) for batch in batches)
+        swept = {
+            o.get_key_element(): len(list(o.sweep_string_iterator()))
+            for o in overrides
+            if o.is_sweep_override()
+        }
+        SweepProgress.size = math.prod(swept.values())

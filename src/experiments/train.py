@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,8 +30,8 @@ from experiments.build import (
 )
 from experiments.errors import RunFailed, UserError
 from experiments.logging import comet
-from experiments.logging.record import EpochRecord, write_json
-from experiments.measure.cost import TrainingCost
+from experiments.logging.record import TRAINING_KEYS, EpochRecord, write_json
+from experiments.measure.cost import COST_KEYS, TrainingCost
 from experiments.measure.gradflow import GradientFlow
 from experiments.module import Diverged
 
@@ -37,12 +39,14 @@ log = logging.getLogger(__name__)
 
 
 def _checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int | None]:
-    """The checkpoint to resume from and its epoch: `ckpt_path` if given, else this run's last.ckpt."""
-    path = Path(cfg.ckpt_path) if cfg.ckpt_path else run_dir / "checkpoints" / "last.ckpt"
-    if not path.exists():
-        if cfg.ckpt_path:
-            raise UserError(f"ckpt_path: {path} does not exist")
+    """The checkpoint to resume from and its epoch: this run's own last.ckpt if it has one (a re-run or
+    requeued job goes on from there), else `ckpt_path` if given."""
+    own = run_dir / "checkpoints" / "last.ckpt"
+    path = own if own.exists() else Path(cfg.ckpt_path) if cfg.ckpt_path else None
+    if path is None:
         return None, None
+    if not path.exists():
+        raise UserError(f"ckpt_path: {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         return path, int(checkpoint["epoch"])
@@ -76,8 +80,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, test and record one run in `run_dir`; resume it if it was cut short. Returns the summary."""
     rank_zero = rank_zero_only.rank == 0
     summary_path = run_dir / "summary.json"
-    if rank_zero and not cfg.ckpt_path and (previous := _completed_before(summary_path)):
-        log.info(f"{run_dir} already holds this run, completed: nothing to do ({summary_path})")
+    if previous := _completed_before(summary_path):  # every rank: all tasks of a SLURM job stop here
+        if rank_zero:
+            log.info(f"{run_dir} already holds this run, completed: nothing to do ({summary_path})")
         return previous
     if not isinstance(cfg.trainer.max_epochs, int) or cfg.trainer.max_epochs < 1:
         raise UserError(f"trainer.max_epochs must be an integer >= 1, got {cfg.trainer.max_epochs!r}")
@@ -90,18 +95,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "command": "train",
         "status": "failed",
-        **describe(cfg, model, datamodule, device),
+        **describe(cfg, model, datamodule, device, counts=cfg.measure.enabled),
+        **dict.fromkeys(TRAINING_KEYS + COST_KEYS),
     }
     module = build_module(cfg, model, device)
     ckpt_path, resume_epoch = _checkpoint(cfg, run_dir)
-    name = f"{model.arch}{model.depth}-{datamodule.name}-s{cfg.seed}"
-    comet_run = None
-    if rank_zero:
-        log.info(f"{name}: {summary['params']:,} parameters, run dir {run_dir}")
-        if ckpt_path:
-            log.info(f"resuming from {ckpt_path}, saved at the end of epoch {resume_epoch + 1}")
-        comet_run = comet.start(cfg.logger, run_dir, name, comet.run_tags(summary), resume_epoch)
-    summary["comet"] = comet_run.info if comet_run else {"mode": "disabled"}
 
     tty = sys.stdout.isatty()
     measures = [TrainingCost(cfg.measure.warmup_steps)] if cfg.measure.enabled else []
@@ -120,7 +118,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trainer = instantiate(
             cfg.trainer,
             default_root_dir=run_dir,
-            logger=_loggers(cfg, run_dir, comet_run) or False,
+            logger=False,  # the loggers join below, once the trainer is known to be valid
             callbacks=[record, *measures, checkpoint, *([RichProgressBar()] if tty else [])],
             precision=device.precision,
             enable_progress_bar=tty,
@@ -130,22 +128,33 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except Exception as error:
         raise UserError(f"trainer: {error}") from None
 
-    test_error = None
+    name = comet.run_label(summary)
+    comet_run = None
+    if rank_zero:
+        log.info(f"{name}: {summary['params']:,} parameters, run dir {run_dir}")
+        if ckpt_path:
+            log.info(f"resuming from {ckpt_path}, saved at the end of epoch {resume_epoch + 1}")
+        comet_run = comet.start(cfg.logger, run_dir, name, comet.run_tags(summary), resume_epoch)
+    summary["comet"] = comet_run.info if comet_run else {"mode": "disabled"}
+    trainer.loggers = _loggers(cfg, run_dir, comet_run)
+
+    failure: BaseException | None = None
     try:
         with distributed.worker_env(cfg, run_dir):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
-        test_error = 1 - test["test/acc"]
-        summary["status"] = "completed"
+        summary.update(status="completed", test_error=1 - test["test/acc"])
     except Diverged as error:
         summary.update(status="diverged", error=str(error))
-    except (KeyboardInterrupt, SystemExit) as error:
+    except (KeyboardInterrupt, SystemExit) as error:  # Lightning turns Ctrl+C into SystemExit
         summary.update(status="interrupted", error=type(error).__name__)
+        failure = error
     except Exception as error:
         summary["error"] = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
-        if not rank_zero:
-            raise
+        failure = error
     if not rank_zero:
+        if failure:
+            raise failure
         return summary
 
     final = record.rows[-1] if record.rows else {}
@@ -153,7 +162,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         epochs=trainer.current_epoch,
         train_error=_error(final.get("train/acc")),
         val_error=_error(final.get("val/acc")),
-        test_error=test_error,
         train_loss=_float(final.get("train/loss")),
         val_loss=_float(final.get("val/loss")),
         **(measures[0].summary() if measures else {}),
@@ -163,7 +171,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if comet_run:
         summary["comet"] = comet_run.finish(summary)
     write_json(summary_path, summary)
+    if summary["status"] == "interrupted":  # stop a sweep too, and let the next Ctrl+C work again
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
     if summary["status"] != "completed":
+        if os.environ.get("EXPERIMENTS_FULL_ERROR") and failure and not isinstance(failure, UserError):
+            raise failure
         raise RunFailed(f"run {summary['status']}: {summary.get('error', '')} (record: {summary_path})")
     errors = ", ".join(
         f"{split} error {_fraction(summary[f'{split}_error'])}" for split in ("train", "val", "test")

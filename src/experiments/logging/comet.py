@@ -57,6 +57,11 @@ def server_unreachable() -> str | None:
         return f"{url}: {getattr(error, 'reason', error)}"
 
 
+def run_label(summary: Mapping[str, Any]) -> str:
+    """`resnet56-cifar10-s0`: the run's name in Comet and in its log lines (DESIGN.md)."""
+    return f"{summary['arch']}{summary['depth']}-{summary['dataset']}-s{summary['seed']}"
+
+
 def run_tags(summary: Mapping[str, Any]) -> list[str]:
     """Tags arch, depth, dataset, and the sweep a run belongs to (its directory), as DESIGN.md asks."""
     tags = [f"arch:{summary['arch']}", f"depth:{summary['depth']}", f"dataset:{summary['dataset']}"]

@@ -17,6 +17,8 @@ import pytorch_lightning as pl
 import torch
 
 log = logging.getLogger(__name__)
+# summary.json keys only a training run fills (null in a profile, or before a run's end)
+TRAINING_KEYS = ("epochs", "train_error", "val_error", "test_error", "train_loss", "val_loss")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -71,7 +73,7 @@ class EpochRecord(pl.Callback):
 
     def __init__(self, path: Path, print_lines: bool, extras: Sequence[EpochMetrics] = ()) -> None:
         self.path, self.print_lines, self.extras = path, print_lines, extras
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = read_rows(path)  # kept if fit has no epoch left to run
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.rows = [r for r in read_rows(self.path) if int(r["epoch"]) < trainer.current_epoch]

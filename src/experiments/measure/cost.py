@@ -33,6 +33,20 @@ class _Clock:
         return start.elapsed_time(end) if self.cuda else (end - start) * 1000
 
 
+# what summary() returns: the DESIGN.md cost keys and their companions
+COST_KEYS = (
+    "step_time_ms",
+    "step_time_p90_ms",
+    "throughput",
+    "data_wait_fraction",
+    "timed_steps",
+    "peak_memory_bytes",
+    "peak_memory_source",
+    "peak_memory_reserved_bytes",
+    "first_step_time",
+)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -27,8 +27,8 @@ def _on_meta(model: nn.Module) -> nn.Module:
 def flops_per_image(model: nn.Module, image_shape: tuple[int, int, int]) -> int:
     """Forward FLOPs for one image (a multiply-add counts as 2), by torch's FlopCounterMode."""
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        _on_meta(model)(torch.empty(1, *image_shape, device="meta"))
+    with counter, torch.no_grad():  # eval mode: batch norm takes a batch of one even on 1x1 feature maps
+        _on_meta(model).eval()(torch.empty(1, *image_shape, device="meta"))
     return counter.get_total_flops()
 
 

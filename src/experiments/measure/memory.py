@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import os
 import re
 import resource
 import sys
@@ -30,6 +31,9 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+APPROXIMATE = "cpu peak RSS growth (ru_maxrss, approximate)"
+
+
 class PeakMemory:
     """`start()` before the steps, `stop()` after: peak bytes in between, and how they were measured.
 
@@ -40,28 +44,27 @@ class PeakMemory:
     """
 
     def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
         self.device = device
-        self.resettable = STATUS.exists() and CLEAR_REFS.exists()
-        if self.cuda:
-            self.source = "cuda max_memory_allocated"
-        elif self.resettable:
-            self.source = "cpu peak RSS growth"
-        else:
-            self.source = "cpu peak RSS growth (ru_maxrss, approximate)"
+        self.cuda = device.type == "cuda"
+        self.resettable = STATUS.exists() and os.access(CLEAR_REFS, os.W_OK)
+        self.source = "cuda max_memory_allocated" if self.cuda else "cpu peak RSS growth"
         self.reserved_bytes: int | None = None
 
     def start(self) -> None:
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline = 0
-        elif self.resettable:
+            return
+        if self.resettable:
             _release_freed_memory()
-            CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
-            self.baseline = _status_bytes("VmRSS")
-        else:
-            self.baseline = self._max_rss()
+            try:
+                CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
+                self.baseline = _status_bytes("VmRSS")
+                return
+            except OSError:  # some sandboxes refuse it
+                self.resettable = False
+        self.source = APPROXIMATE
+        self.baseline = self._max_rss()
 
     def stop(self) -> int:
         if self.cuda:

@@ -12,13 +12,12 @@ from omegaconf import DictConfig
 
 from experiments.build import build_datamodule, build_model, build_module, describe, resolve_device
 from experiments.data import Synthetic
-from experiments.errors import UserError
+from experiments.errors import RunFailed, UserError
 from experiments.logging import comet
-from experiments.logging.record import write_json
-from experiments.measure.cost import TrainingCost
+from experiments.logging.record import TRAINING_KEYS, write_json
+from experiments.measure.cost import COST_KEYS, TrainingCost
 
 log = logging.getLogger(__name__)
-TRAINING_ONLY = ("epochs", "train_error", "val_error", "test_error", "train_loss", "val_loss")
 
 
 def _gb(n: float | None) -> str:
@@ -40,7 +39,10 @@ def one_line(summary: dict[str, Any]) -> str:
 
 
 def profile(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Build the model, time a few training steps, and write summary.json (training-only keys null)."""
+    """Build the model, time a few training steps, and write summary.json (training-only keys null).
+
+    It measures at `profile.batch_size` (64 unless set; null for the dataset's batch size).
+    """
     warmup, steps = cfg.profile.warmup_steps, cfg.profile.steps
     if not isinstance(steps, int) or steps < 1 or not isinstance(warmup, int) or warmup < 0:
         raise UserError(f"profile.steps must be >= 1 and profile.warmup_steps >= 0, got {steps} and {warmup}")
@@ -53,8 +55,8 @@ def profile(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "command": "profile",
         "status": "failed",
-        **describe(cfg, model, shape, device),
-        **dict.fromkeys(TRAINING_ONLY),
+        **describe(cfg, model, shape, device, counts=True),
+        **dict.fromkeys(TRAINING_KEYS + COST_KEYS),
     }
     data = Synthetic(
         "synthetic",
@@ -68,25 +70,35 @@ def profile(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         seed=cfg.seed,
     )
     cost = TrainingCost(warmup_steps=warmup)
-    trainer = instantiate(
-        cfg.trainer,
-        devices=1,
-        strategy="auto",
-        max_steps=warmup + steps,
-        limit_val_batches=0,
-        precision=device.precision,
-        logger=False,
-        callbacks=[cost],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=run_dir,
+    try:
+        trainer = instantiate(
+            cfg.trainer,
+            devices=1,
+            strategy="auto",
+            max_steps=warmup + steps,
+            limit_val_batches=0,
+            precision=device.precision,
+            logger=False,
+            callbacks=[cost],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=run_dir,
+        )
+    except Exception as error:
+        raise UserError(f"trainer: {error}") from None
+    comet_run = comet.start(
+        cfg.logger, run_dir, comet.run_label(summary), ["profile", *comet.run_tags(summary)]
     )
-    name = f"{model.arch}{model.depth}-{shape.name}-profile"
-    comet_run = comet.start(cfg.logger, run_dir, name, ["profile", *comet.run_tags(summary)])
-    trainer.fit(build_module(cfg, model, device), datamodule=data)
-    summary.update(cost.summary(), status="completed", wall_time_s=round(time.perf_counter() - started, 2))
+    try:
+        trainer.fit(build_module(cfg, model, device), datamodule=data)
+        summary.update(cost.summary(), status="completed")
+    except Exception as error:  # out of memory, most likely: the record says so
+        summary["error"] = f"{type(error).__name__}: {error}"
+    summary["wall_time_s"] = round(time.perf_counter() - started, 2)
     summary["comet"] = comet_run.finish(summary) if comet_run else {"mode": "disabled"}
     write_json(run_dir / "summary.json", summary)
+    if summary["status"] != "completed":
+        raise RunFailed(f"profile failed: {summary['error']} (record: {run_dir / 'summary.json'})")
     log.info(one_line(summary))
     return summary

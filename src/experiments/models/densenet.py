@@ -75,7 +75,8 @@ class DenseLayer(nn.Module):
             and any(f.requires_grad for f in features)
         ):
             # keeps only the inputs: the concatenation and its BN-ReLU outputs, which grow quadratically
-            # with depth, are recomputed in backward
+            # with depth, are recomputed in backward (which updates the BN running statistics a second
+            # time, as torchvision's memory-efficient DenseNet does)
             out = checkpoint(self._concat_entry, *features, use_reentrant=False)
         else:
             out = self._concat_entry(*features)

@@ -102,7 +102,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.memory_efficient and self.training and torch.is_grad_enabled() and x.requires_grad:
-            # activation checkpointing: keep the block's input only, recompute its body in backward
+            # activation checkpointing: keep the block's input only, recompute its body in backward (its
+            # BN running statistics are updated twice, as in DenseNet's memory-efficient form)
             out = checkpoint(self.body, x, use_reentrant=False)
         else:
             out = self.body(x)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from experiments.errors import UserError
+from experiments.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +65,23 @@ def report(directories: list[Path], out: Path, logger: str = "comet", online: st
 
 
 def _log_to_comet(runs: list, out: Path, figures: list[Path], online: str | bool) -> None:
+    from omegaconf import OmegaConf
+
+    from experiments.app import CONF_DIR
     from experiments.logging import comet
 
     sweeps = sorted({f"sweep:{run.get('sweep')}" for run in runs if run.get("sweep")})
-    logger = {"name": "comet", "project": "resnet-vs-densenet", "workspace": None, "online": online}
+    logger = {**OmegaConf.load(CONF_DIR / "logger" / "comet.yaml"), "online": online}
     comet_run = comet.start(logger, out, f"report {out}", ["report", *sweeps])
     if comet_run is None:
         return
-    for figure in figures:
-        comet_run.experiment.log_image(str(figure), name=figure.stem)
-    comet_run.experiment.log_asset(str(out / "report.md"))
-    comet_run.experiment.log_table(str(out / "runs.csv"))  # shown by Comet as a data table
+    try:
+        for figure in figures:
+            comet_run.experiment.log_image(str(figure), name=figure.stem)
+        comet_run.experiment.log_asset(str(out / "report.md"))
+        comet_run.experiment.log_table(str(out / "runs.csv"))  # shown by Comet as a data table
+    except Exception as error:  # the local report is written; Comet must not fail the command
+        log.warning(f"Comet could not take the report ({error})")
     comet_run.finish({})
 
 
@@ -87,8 +94,10 @@ def main(args: list[str]) -> int:
     out = options.out or options.dirs[0] / "report"
     try:
         path = report(options.dirs, out, options.logger, options.online)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        if not isinstance(error, UserError) and os.environ.get("HYDRA_FULL_ERROR"):
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     print(f"report: {path} (figures and runs.csv beside it)")
     return 0

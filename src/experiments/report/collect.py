@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from dataclasses import dataclass, field
@@ -34,9 +35,13 @@ class Run:
     def read(cls, path: Path) -> Run:
         run = cls(path)
         if (path / "summary.json").exists():
-            run.summary = json.loads((path / "summary.json").read_text())
+            try:
+                run.summary = json.loads((path / "summary.json").read_text())
+            except ValueError as error:
+                run.summary = {"status": "unreadable", "error": f"summary.json: {error}"}
         if (path / ".hydra" / "config.yaml").exists():
-            run.config = OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "config.yaml"))
+            with contextlib.suppress(Exception):  # a damaged config only costs the run its labels
+                run.config = OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "config.yaml"))
         if (path / "metrics.csv").exists():
             with (path / "metrics.csv").open(newline="") as f:
                 run.rows = [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]

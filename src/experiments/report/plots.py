@@ -81,22 +81,26 @@ def training_error(runs: list[Run], out: Path) -> list[Figure]:
 
 
 def error_vs_depth(runs: list[Run], out: Path) -> list[Figure]:
-    """Final training and test error against depth, a line per family (He et al. Table 6 as a plot)."""
-    done = _completed_training(runs)
+    """Final training and test error against depth, a line per family (He et al. Table 6 as a plot); the
+    mean over seeds, with their standard deviation as error bars."""
+    done = [r for r in _completed_training(runs) if r.get("train_error") is not None]
     if not done:
         return [None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, key, name in zip(axes, ("train_error", "test_error"), ("training", "test"), strict=True):
-        families: dict[str, list[Run]] = defaultdict(list)
+        families: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         for run in done:
-            families[f"{run.arch} ({run.dataset})"].append(run)
-        for family, group in sorted(families.items()):
-            group.sort(key=lambda r: r.depth)
-            ax.plot(
-                [r.depth for r in group],
-                [100 * r.get(key) for r in group],
-                LINESTYLES.get(group[0].arch, ":"),
+            if run.get(key) is not None:
+                families[f"{run.arch} ({run.dataset})"][run.depth].append(100 * run.get(key))
+        for family, by_depth in sorted(families.items()):
+            depths = sorted(by_depth)
+            ax.errorbar(
+                depths,
+                [statistics.mean(by_depth[d]) for d in depths],
+                yerr=[statistics.pstdev(by_depth[d]) for d in depths],
+                linestyle=LINESTYLES.get(family.split()[0], ":"),
                 marker="o",
+                capsize=3,
                 label=family,
             )
         ax.set(
@@ -106,7 +110,9 @@ def error_vs_depth(runs: list[Run], out: Path) -> list[Figure]:
         ax.grid(alpha=0.3)
     axes[0].legend()
     epochs = sorted({r.get("epochs") for r in done})
-    fig.suptitle(f"Error vs depth after {', '.join(map(str, epochs))} epochs")
+    seeds = sorted({r.get("seed") for r in done})
+    over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean and s.d. over {len(seeds)} seeds"
+    fig.suptitle(f"Error vs depth after {', '.join(map(str, epochs))} epochs ({over})")
     return [("Error vs depth", _save(fig, out / "error_vs_depth.png"))]
 
 
