@@ -11,4 +11,4 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-timeout 460 "$PYTHON" bench/speed.py --gpu --epochs 2
+timeout 460 "$PYTHON" bench/speed.py --gpu --epochs 2 --repeats 1

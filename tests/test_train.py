@@ -176,11 +176,22 @@ def test_other_loggers(workdir):
             "dataset.batch_size=16",
         ],
         pytest.param(["arch=densenet121", "dataset=synthetic"], marks=pytest.mark.slow),
+        pytest.param(["arch=densenet121", "dataset=digits"], marks=pytest.mark.slow),
         ["arch=densenet_bc", "dataset=digits"],
+        pytest.param(
+            ["arch=resnet1202", "dataset=synthetic", "dataset.train_size=64", "dataset.batch_size=32"],
+            marks=pytest.mark.slow,
+        ),
     ],
-    ids=["densenet121-small-synthetic", "densenet121-synthetic", "densenet_bc-digits"],
+    ids=[
+        "densenet121-small-synthetic",
+        "densenet121-synthetic",
+        "densenet121-digits",
+        "densenet_bc-digits",
+        "resnet1202-synthetic",
+    ],
 )
-def test_densenets_train_for_an_epoch(overrides, workdir):
+def test_big_nets_train_for_an_epoch(overrides, workdir):
     result = run_cli("train", *overrides, "trainer.max_epochs=1", "logger=none", cwd=workdir)
     assert result.returncode == 0, result.stderr
     (run,) = run_dirs(workdir / "outputs")

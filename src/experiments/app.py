@@ -70,6 +70,7 @@ MAIN_PID = os.getpid()
 
 def _job(command: str) -> Callable[[DictConfig], Any]:
     def task(cfg: DictConfig) -> Any:
+        silence_library_noise()  # here: launcher plugins run jobs in processes of their own
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -114,7 +115,6 @@ def run(command: str, args: list[str]) -> int:
     warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_slurm' is validated against")
     argv, sys.argv = sys.argv, [sys.argv[0], *args]
     failures.clear()
-    silence_library_noise()
     try:
         app()
     except RunFailed as error:  # raised by a run in a launcher's worker process

@@ -165,7 +165,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         train_loss=_float(final.get("train/loss")),
         val_loss=_float(final.get("val/loss")),
         **(measures[0].summary() if measures else {}),
-        grad_norms=_grad_norms(record.rows),
+        grad_norms=_grad_norms(record.rows, [name for name, _ in model.named_children()]),
         wall_time_s=round(time.perf_counter() - started, 2),
     )
     if comet_run:
@@ -198,7 +198,10 @@ def _error(accuracy: Any) -> float | None:
     return None if accuracy in (None, "") else 1 - float(accuracy)
 
 
-def _grad_norms(rows: list[dict[str, Any]]) -> dict[str, list[float | None]]:
-    """Per part of the net, its mean gradient norm in each epoch (from metrics.csv's grad_norm/ columns)."""
-    parts = [k.removeprefix("grad_norm/") for row in rows[:1] for k in row if k.startswith("grad_norm/")]
-    return {part: [_float(row.get(f"grad_norm/{part}")) for row in rows] for part in parts}
+def _grad_norms(rows: list[dict[str, Any]], parts: list[str]) -> dict[str, list[float | None]]:
+    """Per part of the net (in the net's order), its mean gradient norm in each epoch, from metrics.csv's
+    grad_norm/ columns (None for an epoch without a sample)."""
+    measured = {k.removeprefix("grad_norm/") for row in rows for k in row if k.startswith("grad_norm/")}
+    return {
+        part: [_float(row.get(f"grad_norm/{part}")) for row in rows] for part in parts if part in measured
+    }
