@@ -4,7 +4,7 @@ model, data, optimiser, schedule, device settings and steps, in one process; the
 
 Both paths are timed the same way: images over the span from the first timed step of an epoch to the end
 of its last, data waits included, the first `--warmup` steps of a run excluded, one device sync per epoch;
-the two run alternately, `--repeats` times each, and the best throughput of each counts.
+the two run alternately, `--repeats` times each, and the median throughput of each counts.
 
 Usage: python bench/speed.py         CPU cases (make bench)
        python bench/speed.py --gpu   GPU cases at batch 128 (bench/gpu_check.sh)
@@ -124,6 +124,11 @@ def raw_loop(cfg: DictConfig, warmup: int) -> dict:
     return {"throughput": images / seconds, "peak": memory.stop()}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median throughput (of an odd number of runs; the lower middle one otherwise)."""
+    return sorted(runs, key=lambda r: r["throughput"])[(len(runs) - 1) // 2]
+
+
 def startup(out: Path) -> None:
     """How long `--help` and a first training step take from the command line, and why."""
     run = [sys.executable, "-m", "experiments"]
@@ -167,7 +172,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5, help="steps at the start not timed")
     parser.add_argument("--compile", action="store_true", help="torch.compile both paths")
-    parser.add_argument("--repeats", type=int, default=2, help="alternated trials of each path; best counts")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="alternated trials of each path; the median counts"
+    )
     args = parser.parse_args()
     silence_library_noise()
     cases = GPU_CASES if args.gpu else CPU_CASES
@@ -180,13 +187,13 @@ def main() -> None:
             extra = ["trainer=gpu"] if args.gpu else ["trainer=cpu"]
             extra += ["compile=true"] if args.compile else []
             cfg = config([*overrides, *extra], args.epochs, args.warmup)
-            # alternated, best of each: a shared machine's noise and the order of the two cancel out
+            # alternated, the median of each: a shared machine's noise and the order of the two cancel out
             trials = [
                 (project(cfg, Path(tmp) / f"{name}-{repeat}".replace(" ", "_")), raw_loop(cfg, args.warmup))
                 for repeat in range(args.repeats)
             ]
-            ours = max((ours for ours, _ in trials), key=lambda r: r["throughput"])
-            raw = max((raw for _, raw in trials), key=lambda r: r["throughput"])
+            ours = median_run([ours for ours, _ in trials])
+            raw = median_run([raw for _, raw in trials])
             ratio = ours["throughput"] / raw["throughput"]
             line = (
                 f"{name:<22} {cfg.dataset.batch_size:>5} {ours['throughput']:>14,.0f} "
