@@ -1,0 +1,128 @@
+"""Where the in-memory datasets come from: torchvision's files, scikit-learn's digits, random tensors."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import datasets
+
+from experiments.data.arrays import ArrayDataModule, Split
+from experiments.errors import UserError
+
+# name: (torchvision class, classes, channels, size, files a complete copy holds under data_dir)
+TORCHVISION = {
+    "cifar10": (datasets.CIFAR10, 10, 3, 32, "cifar-10-batches-py/data_batch_1 ... test_batch"),
+    "cifar100": (datasets.CIFAR100, 100, 3, 32, "cifar-100-python/train, test"),
+    "mnist": (datasets.MNIST, 10, 1, 28, "MNIST/raw/train-images-idx3-ubyte ..."),
+    "fashion_mnist": (datasets.FashionMNIST, 10, 1, 28, "FashionMNIST/raw/train-images-idx3-ubyte ..."),
+    "svhn": (datasets.SVHN, 10, 3, 32, "train_32x32.mat, test_32x32.mat"),
+}
+DOWNLOAD_TIMEOUT_S = 30
+
+
+def _as_split(dataset: torch.utils.data.Dataset) -> Split:
+    images = torch.as_tensor(np.asarray(dataset.data))
+    if images.ndim == 3:  # MNIST: (N, H, W)
+        images = images[:, None]
+    elif images.shape[-1] == 3:  # CIFAR: (N, H, W, C); SVHN is already (N, C, H, W)
+        images = images.permute(0, 3, 1, 2)
+    labels = dataset.labels if hasattr(dataset, "labels") else dataset.targets
+    return Split(images.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long))
+
+
+class TorchvisionData(ArrayDataModule):
+    """CIFAR-10/100, MNIST, Fashion-MNIST, SVHN from torchvision, downloaded into `data_dir` if missing."""
+
+    def __init__(self, name: str, data_dir: str, **kwargs) -> None:
+        if name not in TORCHVISION:
+            raise UserError(f"unknown torchvision dataset '{name}'; valid: {', '.join(TORCHVISION)}")
+        super().__init__(name, **kwargs)
+        self.data_dir = Path(data_dir)
+        self.source, self.num_classes, self.in_channels, self.image_size, self.files = TORCHVISION[name]
+
+    def _open(self, train: bool, download: bool = False) -> torch.utils.data.Dataset:
+        if self.source is datasets.SVHN:
+            return self.source(self.data_dir, split="train" if train else "test", download=download)
+        return self.source(self.data_dir, train=train, download=download)
+
+    def _missing(self, error: Exception) -> UserError:
+        return UserError(
+            f"{self.name} is not in {self.data_dir} ({self.files}) and could not be downloaded "
+            f"({type(error).__name__}: {error}); put the files there, set dataset.data_dir, "
+            "or use dataset=digits or dataset=synthetic offline"
+        )
+
+    def prepare_data(self) -> None:
+        """Download what is missing (Lightning calls this on one process per node)."""
+        try:
+            self.load()
+            return
+        except UserError:
+            pass
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        try:
+            for train in (True, False):
+                self._open(train, download=True)
+        except Exception as error:
+            raise self._missing(error) from None
+        finally:
+            socket.setdefaulttimeout(previous)
+
+    def load(self) -> tuple[Split, Split]:
+        try:
+            return _as_split(self._open(train=True)), _as_split(self._open(train=False))
+        except RuntimeError as error:  # torchvision: "Dataset not found or corrupted."
+            raise self._missing(error) from None
+
+
+class Digits(ArrayDataModule):
+    """scikit-learn's 8x8 handwritten digits: 1,797 images shipped with the package, a real offline dataset."""
+
+    num_classes, in_channels, image_size = 10, 1, 8
+    TEST_SIZE = 297
+
+    def load(self) -> tuple[Split, Split]:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.as_tensor(digits.images * (255 / 16)).round().to(torch.uint8)[:, None]
+        everything = Split(images, torch.as_tensor(digits.target, dtype=torch.long))
+        # The test split is the same for every seed, so test errors of different seeds compare.
+        order = torch.randperm(len(everything), generator=torch.Generator().manual_seed(0))
+        return everything.take(order[self.TEST_SIZE :]), everything.take(order[: self.TEST_SIZE])
+
+
+class Synthetic(ArrayDataModule):
+    """Random images and labels of any shape, generated once (seeded) and held in memory."""
+
+    def __init__(
+        self,
+        name: str,
+        image_size: int = 32,
+        channels: int = 3,
+        num_classes: int = 10,
+        train_size: int = 1024,
+        val_size: int = 256,
+        test_size: int = 256,
+        **kwargs,
+    ) -> None:
+        super().__init__(name, val_size=val_size, **kwargs)
+        if min(image_size, channels, num_classes, train_size, test_size) < 1:
+            raise UserError("dataset image_size, channels, num_classes, train_size and test_size must be >= 1")
+        self.image_size, self.in_channels, self.num_classes = image_size, channels, num_classes
+        self.train_size, self.test_size = train_size, test_size
+
+    def load(self) -> tuple[Split, Split]:
+        generator = torch.Generator().manual_seed(self.seed)
+        n = self.train_size + self.val_size + self.test_size
+        shape = (n, self.in_channels, self.image_size, self.image_size)
+        everything = Split(
+            torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator),
+            torch.randint(0, self.num_classes, (n,), generator=generator),
+        )
+        cut = self.train_size + self.val_size
+        return everything.take(torch.arange(cut)), everything.take(torch.arange(cut, n))
