@@ -18,7 +18,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class ImageFolderData(pl.LightningDataModule):
-    """`path/train/<class>/*.jpg`, `path/val/<class>/...` and optionally `path/test/...` (else val is used)."""
+    """`path/train/<class>/*.jpg`, `path/val/<class>/...`, and `path/test/...` if there (else val serves)."""
 
     in_channels = 3
 
@@ -46,12 +46,20 @@ class ImageFolderData(pl.LightningDataModule):
         self.num_classes = len(datasets.ImageFolder(self.root / "train").classes)
         normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         self.train_transform = transforms.Compose(
-            [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
-             transforms.ToTensor(), normalize]
+            [
+                transforms.RandomResizedCrop(image_size),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
         )
         self.eval_transform = transforms.Compose(
-            [transforms.Resize(round(image_size / 0.875)), transforms.CenterCrop(image_size),
-             transforms.ToTensor(), normalize]
+            [
+                transforms.Resize(round(image_size / 0.875)),
+                transforms.CenterCrop(image_size),
+                transforms.ToTensor(),
+                normalize,
+            ]
         )
 
     def _loader(self, folder: str, train: bool) -> DataLoader:

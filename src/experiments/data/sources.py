@@ -80,7 +80,7 @@ class TorchvisionData(ArrayDataModule):
 
 
 class Digits(ArrayDataModule):
-    """scikit-learn's 8x8 handwritten digits: 1,797 images shipped with the package, a real offline dataset."""
+    """scikit-learn's 8x8 handwritten digits: 1,797 images shipped with scikit-learn, offline and real."""
 
     num_classes, in_channels, image_size = 10, 1, 8
     TEST_SIZE = 297
@@ -112,7 +112,9 @@ class Synthetic(ArrayDataModule):
     ) -> None:
         super().__init__(name, val_size=val_size, **kwargs)
         if min(image_size, channels, num_classes, train_size, test_size) < 1:
-            raise UserError("dataset image_size, channels, num_classes, train_size and test_size must be >= 1")
+            raise UserError(
+                "dataset image_size, channels, num_classes, train_size and test_size must be >= 1"
+            )
         self.image_size, self.in_channels, self.num_classes = image_size, channels, num_classes
         self.train_size, self.test_size = train_size, test_size
 
