@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiments.models import create_model
+from experiments.module import lr_factor
 from tests.helpers import archive_messages, archive_metrics, archive_params, clean_env, run_cli, run_dirs
 
 SUMMARY_KEYS = {
@@ -140,6 +141,18 @@ def test_multirun_gives_each_run_its_dir_and_comet_experiment(digits_sweep):
     assert len(keys) == 4
 
 
+def test_rerunning_a_sweep_in_its_directory_skips_its_completed_runs(digits_sweep):
+    workdir, _ = digits_sweep
+    sweep = run_dirs(workdir / "multirun")[0].parent
+    before = sorted(p.stat().st_mtime_ns for p in sweep.rglob("summary.json"))
+    args = ["arch=plain,resnet", "arch.depth=20,32", "dataset=digits", "trainer.max_epochs=1"]
+    result = run_cli("train", "-m", *args, f"hydra.sweep.dir={sweep}", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("already holds this run, completed") == 4
+    assert sorted(p.stat().st_mtime_ns for p in sweep.rglob("summary.json")) == before
+    assert len(run_dirs(workdir / "multirun")) == 4
+
+
 def test_comet_key_without_server_logs_offline_and_never_leaks_the_key(workdir):
     secret = "s3cretKEYs3cretKEYs3cretKEY"
     env = clean_env(workdir, COMET_API_KEY=secret, COMET_URL_OVERRIDE="http://127.0.0.1:9/clientlib/")
@@ -197,3 +210,16 @@ def test_big_nets_train_for_an_epoch(overrides, workdir):
     (run,) = run_dirs(workdir / "outputs")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 1
+
+
+def test_learning_rate_schedules():
+    he2016 = {"total_steps": 64_000, "name": "multistep", "milestones": [0.5, 0.75]}
+    assert [
+        lr_factor(step, **he2016) for step in (0, 31_999, 32_000, 47_999, 48_000, 63_999)
+    ] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert (
+        lr_factor(399, warmup_steps=400, **he2016) == 0.1 and lr_factor(400, warmup_steps=400, **he2016) == 1
+    )
+    cosine = {"total_steps": 100, "name": "cosine"}
+    assert [lr_factor(step, **cosine) for step in (0, 50, 100)] == pytest.approx([1, 0.5, 0])
+    assert lr_factor(10, total_steps=100, name="constant") == 1

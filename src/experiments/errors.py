@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+OVERRIDE_GRAMMAR = "https://hydra.cc/docs/1.3/advanced/override_grammar/basic"
+
 
 class UserError(Exception):
     """A mistake in what the user asked for; its message is the one line they see."""
@@ -22,7 +24,7 @@ def is_users(error: BaseException) -> bool:
 
 def one_line(error: BaseException) -> str:
     """The message a user sees for `error`: Hydra's multi-line composition errors condensed to one line."""
-    from hydra.errors import MissingConfigException
+    from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import MissingMandatoryValue
 
     if isinstance(error, MissingMandatoryValue) or isinstance(error.__cause__, MissingMandatoryValue):
@@ -32,6 +34,9 @@ def one_line(error: BaseException) -> str:
         missing = error.missing_cfg_file or ""
         group, _, name = missing.rpartition("/")
         return f"unknown {group or 'config'} option '{name}'; valid: {', '.join(sorted(error.options))}"
+    if isinstance(error, OverrideParseException):
+        reason = str(error).splitlines()[0]
+        return f"cannot parse override '{error.override}': {reason} (the grammar: {OVERRIDE_GRAMMAR})"
     text = str(error)
     cause = error.__cause__
     key = re.search(r"Could not override '([^']+)'", text)
