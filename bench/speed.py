@@ -149,7 +149,7 @@ def startup(out: Path) -> None:
         check=True,
         capture_output=True,
     )
-    first_step_s = json.loads((out / "startup" / "summary.json").read_text())["first_step_time"] - begun
+    first_step_s = json.loads((out / "startup" / "summary.json").read_text())["first_step_unix_time"] - begun
     imports = {}
     for module in ("torch", "pytorch_lightning"):
         begun = time.time()

@@ -151,6 +151,20 @@ def test_bad_input_is_one_line_and_nonzero(case, tmp_path, monkeypatch, capsys):
     assert expected in one_error_line(capsys)
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("profile.batch_size=-1", "profile.batch_size must be a positive integer or null, got -1"),
+        ("profile.batch_size=0", "profile.batch_size must be a positive integer or null, got 0"),
+        ("profile.steps=0", "profile.steps must be >= 1 and profile.warmup_steps >= 0, got 0 and 1"),
+    ],
+)
+def test_bad_profile_settings_are_one_line(setting, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["profile", "dataset=digits", setting, "logger=none"]) != 0
+    assert expected in one_error_line(capsys)
+
+
 def test_bad_input_in_a_subprocess(workdir):
     result = run_cli("train", "arch=resnet", "arch.depth=21", cwd=workdir)
     assert result.returncode == 1

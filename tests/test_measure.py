@@ -14,6 +14,7 @@ from experiments.data import Synthetic
 from experiments.measure.cost import TrainingCost, percentile
 from experiments.measure.counts import activation_bytes, count_params, flops_per_image, saved_bytes
 from experiments.measure.gradflow import part_norms
+from experiments.measure.memory import APPROXIMATE
 from experiments.models import create_model
 from experiments.module import Classifier
 from experiments.report.plots import exponent
@@ -87,6 +88,15 @@ def test_percentile():
     assert percentile(list(map(float, range(1, 11))), 0.9) == 9.0
 
 
+def assert_peak_memory_measured(summary: dict) -> None:
+    """Training steps allocate: the peak grows, unless only the process's unresettable peak was readable."""
+    assert summary["peak_memory_source"].startswith("cpu peak RSS growth")
+    if summary["peak_memory_source"] == APPROXIMATE:
+        assert summary["peak_memory_bytes"] >= 0
+    else:
+        assert summary["peak_memory_bytes"] > 0
+
+
 def test_training_cost_times_the_steps_after_warmup(tmp_path):
     data = Synthetic(
         "synthetic", image_size=8, channels=1, train_size=8 * 16, val_size=8, test_size=8, batch_size=16
@@ -114,8 +124,7 @@ def test_training_cost_times_the_steps_after_warmup(tmp_path):
     steps_only = 5 * 16 / (sum(cost.step_ms) / 1000)
     assert 0.5 * steps_only < summary["throughput"] <= steps_only
     assert 0 <= summary["data_wait_fraction"] < 0.5
-    assert summary["peak_memory_source"].startswith("cpu peak RSS growth")
-    assert summary["peak_memory_bytes"] >= 0
+    assert_peak_memory_measured(summary)
 
 
 def test_a_train_run_records_and_logs_its_measurements(workdir):
@@ -133,7 +142,8 @@ def test_a_train_run_records_and_logs_its_measurements(workdir):
     model = create_model("plain20", in_channels=1, image_size=8)
     assert summary["flops_per_image"] == flops_per_image(model, (1, 8, 8))
     assert summary["activation_bytes"] == activation_bytes(model, (64, 1, 8, 8))
-    assert summary["step_time_ms"] > 0 and summary["throughput"] > 0 and summary["peak_memory_bytes"] >= 0
+    assert summary["step_time_ms"] > 0 and summary["throughput"] > 0
+    assert_peak_memory_measured(summary)
     assert set(summary["grad_norms"]) == {"stem", "stage1", "stage2", "stage3", "head"}
     assert all(len(v) == 2 and all(x > 0 for x in v) for v in summary["grad_norms"].values())
     (archive,) = (run / "comet").glob("*.zip")

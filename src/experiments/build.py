@@ -66,13 +66,19 @@ def _sweep_dir() -> str | None:
     return None
 
 
-def describe(cfg: DictConfig, model: nn.Module, datamodule, device: Device, counts: bool) -> dict[str, Any]:
-    """The summary.json keys known before any step: what runs, where, and (with `counts`) what the model
-    costs in FLOPs and activation memory."""
+def new_summary(
+    command: str, cfg: DictConfig, model: nn.Module, datamodule, device: Device, counts: bool
+) -> dict[str, Any]:
+    """A run's summary.json before its first step: what runs, where, (with `counts`) what the model costs
+    in FLOPs and activation memory, and every key still to be measured set to null."""
+    from experiments.logging.record import TRAINING_KEYS
+    from experiments.measure.cost import COST_KEYS
     from experiments.measure.counts import activation_bytes, count_params, flops_per_image
 
     image = (datamodule.in_channels, datamodule.image_size, datamodule.image_size)
     return {
+        "command": command,
+        "status": "failed",  # until the run says otherwise
         "arch": model.arch,
         "depth": model.depth,
         "dataset": datamodule.name,
@@ -87,7 +93,16 @@ def describe(cfg: DictConfig, model: nn.Module, datamodule, device: Device, coun
         "activation_bytes": activation_bytes(model, (datamodule.batch_size, *image)) if counts else None,
         "device": device.name,
         "precision": device.precision,
+        **dict.fromkeys(TRAINING_KEYS + COST_KEYS),
     }
+
+
+def build_trainer(cfg: DictConfig, **settings: Any):  # -> a Lightning Trainer
+    """cfg.trainer with `settings` over it; a setting Lightning refuses is the user's one-line error."""
+    try:
+        return instantiate(cfg.trainer, **settings)
+    except Exception as error:
+        raise UserError(f"trainer: {error}") from None
 
 
 @dataclass

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import CSVLogger
@@ -24,14 +23,15 @@ from experiments.build import (
     build_datamodule,
     build_model,
     build_module,
+    build_trainer,
     cluster_plugins,
-    describe,
+    new_summary,
     resolve_device,
 )
 from experiments.errors import RunFailed, UserError
 from experiments.logging import comet
-from experiments.logging.record import TRAINING_KEYS, EpochRecord, write_json
-from experiments.measure.cost import COST_KEYS, TrainingCost
+from experiments.logging.record import EpochRecord, write_json
+from experiments.measure.cost import TrainingCost
 from experiments.measure.gradflow import GradientFlow
 from experiments.module import Diverged
 
@@ -92,12 +92,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
-    summary: dict[str, Any] = {
-        "command": "train",
-        "status": "failed",
-        **describe(cfg, model, datamodule, device, counts=cfg.measure.enabled),
-        **dict.fromkeys(TRAINING_KEYS + COST_KEYS),
-    }
+    summary = new_summary("train", cfg, model, datamodule, device, counts=cfg.measure.enabled)
     module = build_module(cfg, model, device)
     ckpt_path, resume_epoch = _checkpoint(cfg, run_dir)
 
@@ -114,19 +109,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         save_on_train_epoch_end=True,
         enable_version_counter=False,
     )
-    try:
-        trainer = instantiate(
-            cfg.trainer,
-            default_root_dir=run_dir,
-            logger=False,  # the loggers join below, once the trainer is known to be valid
-            callbacks=[record, *measures, checkpoint, *([RichProgressBar()] if tty else [])],
-            precision=device.precision,
-            enable_progress_bar=tty,
-            enable_model_summary=False,  # one line of our own says what the model is
-            plugins=cluster_plugins(),
-        )
-    except Exception as error:
-        raise UserError(f"trainer: {error}") from None
+    trainer = build_trainer(
+        cfg,
+        default_root_dir=run_dir,
+        logger=False,  # the loggers join below, once the trainer is known to be valid
+        callbacks=[record, *measures, checkpoint, *([RichProgressBar()] if tty else [])],
+        precision=device.precision,
+        enable_progress_bar=tty,
+        enable_model_summary=False,  # one line of our own says what the model is
+        plugins=cluster_plugins(),
+    )
 
     name = comet.run_label(summary)
     comet_run = None

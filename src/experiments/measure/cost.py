@@ -43,7 +43,7 @@ COST_KEYS = (
     "peak_memory_bytes",
     "peak_memory_source",
     "peak_memory_reserved_bytes",
-    "first_step_time",
+    "first_step_unix_time",
 )
 
 
@@ -57,6 +57,8 @@ class TrainingCost(pl.Callback):
 
     The first `warmup_steps` steps of a fit (allocator warm-up, cudnn autotuning, compilation) are not
     timed. Throughput counts the images of all ranks over the timed spans, data waits included.
+    `data_wait_fraction` is the host's time between steps (fetching the next batch) over the timed span:
+    on a GPU the device may still be computing meanwhile, so there it bounds the starvation from above.
     """
 
     def __init__(self, warmup_steps: int = 5) -> None:
@@ -65,7 +67,7 @@ class TrainingCost(pl.Callback):
         self.span_ms = self.data_wait_s = 0.0
         self.images = 0
         self.peak_bytes: int | None = None
-        self.first_step_time: float | None = None  # Unix time: how long the command took to start training
+        self.first_step_unix_time: float | None = None  # shows how long the command took to start
         self._pending: list[tuple[Any, Any]] = []
         self._seen = 0
 
@@ -81,7 +83,7 @@ class TrainingCost(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *_: Any
     ) -> None:
-        self.first_step_time = self.first_step_time or time.time()
+        self.first_step_unix_time = self.first_step_unix_time or time.time()
         self._timed = self._seen >= self.warmup_steps
         if self._timed:
             if self._last_end is not None:
@@ -127,5 +129,5 @@ class TrainingCost(pl.Callback):
             "peak_memory_bytes": self.peak_bytes,
             "peak_memory_source": self.memory.source if self.peak_bytes is not None else None,
             "peak_memory_reserved_bytes": self.memory.reserved_bytes if self.peak_bytes is not None else None,
-            "first_step_time": self.first_step_time,
+            "first_step_unix_time": self.first_step_unix_time,
         }

@@ -7,15 +7,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from experiments.build import build_datamodule, build_model, build_module, describe, resolve_device
+from experiments.build import (
+    build_datamodule,
+    build_model,
+    build_module,
+    build_trainer,
+    new_summary,
+    resolve_device,
+)
 from experiments.data import Synthetic
 from experiments.errors import RunFailed, UserError
 from experiments.logging import comet
-from experiments.logging.record import TRAINING_KEYS, write_json
-from experiments.measure.cost import COST_KEYS, TrainingCost
+from experiments.logging.record import write_json
+from experiments.measure.cost import TrainingCost
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +30,7 @@ def _gb(n: float | None) -> str:
     return "-" if n is None else f"{n / 1e9:.2f} GB"
 
 
-def one_line(summary: dict[str, Any]) -> str:
+def profile_line(summary: dict[str, Any]) -> str:
     """The profile of one config as a single terminal line."""
     step = summary["step_time_ms"]
     name = f"{summary['arch']}{summary['depth']}" + (
@@ -43,21 +49,18 @@ def profile(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     It measures at `profile.batch_size` (64 unless set; null for the dataset's batch size).
     """
-    warmup, steps = cfg.profile.warmup_steps, cfg.profile.steps
+    warmup, steps, batch_size = cfg.profile.warmup_steps, cfg.profile.steps, cfg.profile.batch_size
     if not isinstance(steps, int) or steps < 1 or not isinstance(warmup, int) or warmup < 0:
         raise UserError(f"profile.steps must be >= 1 and profile.warmup_steps >= 0, got {steps} and {warmup}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise UserError(f"profile.batch_size must be a positive integer or null, got {batch_size!r}")
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg)
     shape = build_datamodule(cfg)  # only its shape: nothing is loaded or downloaded
-    shape.batch_size = cfg.profile.batch_size or shape.batch_size
+    shape.batch_size = batch_size or shape.batch_size
     model = build_model(cfg, shape)
-    summary: dict[str, Any] = {
-        "command": "profile",
-        "status": "failed",
-        **describe(cfg, model, shape, device, counts=True),
-        **dict.fromkeys(TRAINING_KEYS + COST_KEYS),
-    }
+    summary = new_summary("profile", cfg, model, shape, device, counts=True)
     data = Synthetic(
         "synthetic",
         image_size=shape.image_size,
@@ -70,23 +73,20 @@ def profile(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         seed=cfg.seed,
     )
     cost = TrainingCost(warmup_steps=warmup)
-    try:
-        trainer = instantiate(
-            cfg.trainer,
-            devices=1,
-            strategy="auto",
-            max_steps=warmup + steps,
-            limit_val_batches=0,
-            precision=device.precision,
-            logger=False,
-            callbacks=[cost],
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=run_dir,
-        )
-    except Exception as error:
-        raise UserError(f"trainer: {error}") from None
+    trainer = build_trainer(
+        cfg,
+        devices=1,
+        strategy="auto",
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        precision=device.precision,
+        logger=False,
+        callbacks=[cost],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+    )
     comet_run = comet.start(
         cfg.logger, run_dir, comet.run_label(summary), ["profile", *comet.run_tags(summary)]
     )
@@ -100,5 +100,5 @@ def profile(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_json(run_dir / "summary.json", summary)
     if summary["status"] != "completed":
         raise RunFailed(f"profile failed: {summary['error']} (record: {run_dir / 'summary.json'})")
-    log.info(one_line(summary))
+    log.info(profile_line(summary))
     return summary

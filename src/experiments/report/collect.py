@@ -80,8 +80,9 @@ class Run:
         return bool(self.summary.get("memory_efficient", self.config.get("arch", {}).get("memory_efficient")))
 
     @property
-    def variant(self) -> str:
-        return "memory-efficient" if self.memory_efficient else "naive"
+    def family(self) -> str:
+        """`resnet`, `densenet_bc memory-efficient`: the family and whether it recomputes in backward."""
+        return self.arch + (" memory-efficient" if self.memory_efficient else "")
 
     @property
     def label(self) -> str:

@@ -117,10 +117,10 @@ def error_vs_depth(runs: list[Run], out: Path) -> list[Figure]:
 
 
 def _by_depth_series(runs: list[Run], key: str) -> dict[str, list[Run]]:
-    """Runs with `key`, grouped into series of one family and variant (and dataset, batch size and device,
-    where those differ between runs), named by what sets them apart."""
+    """Runs with `key`, grouped into series of one family, naive or memory-efficient (and dataset, batch
+    size and device, where those differ between runs), named by what sets them apart."""
     runs = [run for run in runs if run.get(key) and run.depth]
-    facets: list[Callable[[Run], str]] = [lambda r: f"{r.arch} {r.variant}"]
+    facets: list[Callable[[Run], str]] = [lambda r: r.family]
     for facet in (
         lambda r: r.dataset,
         lambda r: f"batch {r.get('batch_size')}",
@@ -136,9 +136,10 @@ def _by_depth_series(runs: list[Run], key: str) -> dict[str, list[Run]]:
 
 def _depth_axis(ax: plt.Axes, runs: list[Run]) -> None:
     """Ticks at the depths that ran (but for ones too close to the last to read), as plain numbers."""
+    closest = 1.2 if ax.get_xscale() == "log" else 1.08  # 100 and 110: both on a linear axis, one on a log
     ticks: list[int] = []
     for depth in sorted({run.depth for run in runs}):
-        if not ticks or depth > 1.2 * ticks[-1]:
+        if not ticks or depth >= closest * ticks[-1]:
             ticks.append(depth)
     ax.set_xticks(ticks)
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -150,10 +151,15 @@ def activation_memory(runs: list[Run], out: Path) -> list[Figure]:
     series = _by_depth_series(runs, "activation_bytes")
     if not series:
         return [None]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    # series with the same bytes at the same depths (plain and resnet hold the same) share one line
+    lines: dict[tuple, list[str]] = defaultdict(list)
     for name, group in series.items():
-        depths, values = [r.depth for r in group], [r.get("activation_bytes") / 1e6 for r in group]
+        lines[tuple((r.depth, r.get("activation_bytes")) for r in group)].append(name)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for points, names in lines.items():
+        depths, values = [depth for depth, _ in points], [size / 1e6 for _, size in points]
         fitted = f" (exponent {exponent(depths, values):.2f})" if len(set(depths)) > 1 else ""
+        name = " = ".join(names)
         ax.plot(depths, values, "--" if "memory-efficient" in name else "-", marker="o", label=name + fitted)
     ax.set(xscale="log", yscale="log", xlabel="depth (weighted layers)", ylabel="activation memory (MB)")
     _depth_axis(ax, [r for group in series.values() for r in group])
@@ -165,7 +171,7 @@ def activation_memory(runs: list[Run], out: Path) -> list[Figure]:
 
 
 def step_time(runs: list[Run], out: Path) -> list[Figure]:
-    """Median training step time against depth, one series per family and variant."""
+    """Median training step time against depth, one series per family, naive or memory-efficient."""
     series = _by_depth_series(runs, "step_time_ms")
     if not series:
         return [None]
