@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import subprocess
 import sys
 import tempfile
@@ -177,6 +178,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     silence_library_noise()
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # the table is this script's output
     cases = GPU_CASES if args.gpu else CPU_CASES
     device = torch.cuda.get_device_name() if args.gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} on {device}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -156,10 +157,14 @@ def test_rerunning_a_sweep_in_its_directory_skips_its_completed_runs(digits_swee
 def test_comet_key_without_server_logs_offline_and_never_leaks_the_key(workdir):
     secret = "s3cretKEYs3cretKEYs3cretKEY"
     env = clean_env(workdir, COMET_API_KEY=secret, COMET_URL_OVERRIDE="http://127.0.0.1:9/clientlib/")
+    begun = time.perf_counter()
     result = run_cli("train", "arch=resnet20", "dataset=digits", "trainer=debug", cwd=workdir, env=env)
+    elapsed = time.perf_counter() - begun
     assert result.returncode == 0, result.stderr
     assert "Comet server unreachable" in result.stdout + result.stderr
     (run,) = run_dirs(workdir / "outputs")
+    # the process ends soon after training: imports before it, the archive and shutdown after it
+    assert elapsed - json.loads((run / "summary.json").read_text())["wall_time_s"] < 60
     (archive,) = (run / "comet").glob("*.zip")
     assert archive_metrics(archive)["test/acc"]
     for path in [p for p in run.rglob("*") if p.is_file()]:
