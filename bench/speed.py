@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from experiments.app import CONF_DIR
-from experiments.build import build_datamodule, build_model, resolve_device
+from experiments.build import build_datamodule, build_model, compile_options, resolve_device
 from experiments.logging.noise import silence_library_noise
 from experiments.measure.memory import PeakMemory
 from experiments.module import lr_factor
@@ -84,8 +84,8 @@ def raw_loop(cfg: DictConfig, warmup: int) -> dict:
     model = build_model(cfg, data).to(device)
     if device_settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        model.compile()
+    if (options := compile_options(cfg.compile)) is not None:
+        model.compile(**options)
     model.train()
     optimizer = instantiate(cfg.optim)(model.parameters())
     batches = data.batches("train", device)
@@ -172,7 +172,14 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5, help="steps at the start not timed")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both paths")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="true",
+        default="false",
+        help="torch.compile both paths (MODE: its mode)",
+    )
+    parser.add_argument("--cases", nargs="+", help="only these cases (default: all)")
     parser.add_argument(
         "--repeats", type=int, default=3, help="alternated trials of each path; the median counts"
     )
@@ -180,14 +187,15 @@ def main() -> None:
     silence_library_noise()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # the table is this script's output
     cases = GPU_CASES if args.gpu else CPU_CASES
+    cases = {name: overrides for name, overrides in cases.items() if name in (args.cases or cases)}
     device = torch.cuda.get_device_name() if args.gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__} on {device}")
+    print(f"torch {torch.__version__} on {device}, compile={args.compile}")
     header = f"{'case':<22} {'batch':>5} {'project img/s':>14} {'raw loop img/s':>15} {'ratio':>6}"
     print(header + ("  peak MB project / raw" if args.gpu else ""))
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in cases.items():
             extra = ["trainer=gpu"] if args.gpu else ["trainer=cpu"]
-            extra += ["compile=true"] if args.compile else []
+            extra += [f"compile={args.compile}"]
             cfg = config([*overrides, *extra], args.epochs, args.warmup)
             # alternated, the median of each: a shared machine's noise and the order of the two cancel out
             trials = [

@@ -125,6 +125,7 @@ BAD_INPUT = {
     ),
     "gpu that is not there": (["trainer=gpu"], "no CUDA GPU is visible here; use trainer=cpu"),
     "missing checkpoint": (["ckpt_path=/no/such.ckpt"], "ckpt_path: /no/such.ckpt does not exist"),
+    "unknown compile mode": (["compile=fastest"], "compile must be false, true or a torch.compile mode"),
     "malformed override": (
         ["arch.depth=[1"],
         "cannot parse override 'arch.depth=[1': no viable alternative at input '[1' (the grammar: https",

@@ -42,6 +42,23 @@ def build_model(cfg: DictConfig, datamodule) -> nn.Module:
         raise UserError(f"arch: {error}") from None
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_options(setting: Any) -> dict[str, str] | None:
+    """torch.compile's arguments for the `compile` setting: false, true, or one of torch.compile's modes
+    (`reduce-overhead` replays each step as CUDA graphs: what small nets need on a GPU)."""
+    if setting is False or setting is None:
+        return None
+    if setting is True:
+        return {}
+    if setting in COMPILE_MODES:
+        return {"mode": setting}
+    raise UserError(
+        f"compile must be false, true or a torch.compile mode ({', '.join(COMPILE_MODES)}), got {setting!r}"
+    )
+
+
 def build_module(cfg: DictConfig, model: nn.Module, device: Device):  # -> Classifier
     """The LightningModule around `model`, laid out and compiled for `device`."""
     from experiments.module import Classifier
@@ -50,8 +67,8 @@ def build_module(cfg: DictConfig, model: nn.Module, device: Device):  # -> Class
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
     if device.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        model.compile()
+    if (options := compile_options(cfg.compile)) is not None:
+        model.compile(**options)
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
     return Classifier(model, instantiate(cfg.optim), schedule, channels_last=device.channels_last)
 

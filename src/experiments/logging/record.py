@@ -82,6 +82,7 @@ class EpochRecord(pl.Callback):
         self.started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.log_epoch("train")  # the Classifier's training loss and accuracy, into callback_metrics
         measured = {k: v for extra in self.extras for k, v in extra.end_epoch().items()}
         if not trainer.is_global_zero:
             return
