@@ -87,10 +87,10 @@ class Classifier(pl.LightningModule):
         """
         if split not in self._totals:
             return
-        seen = torch.tensor([float(self._seen.pop(split))], device=self.device)
-        totals = torch.cat([self._totals.pop(split), seen])
-        loss, correct, seen = self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
-        self.log_dict({f"{split}/loss": loss / seen, f"{split}/acc": correct / seen})
+        images = torch.tensor([float(self._seen.pop(split))], device=self.device)
+        totals = torch.cat([self._totals.pop(split), images])
+        loss_sum, correct, count = self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
+        self.log_dict({f"{split}/loss": loss_sum / count, f"{split}/acc": correct / count})
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

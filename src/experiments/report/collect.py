@@ -80,14 +80,18 @@ class Run:
         return bool(self.summary.get("memory_efficient", self.config.get("arch", {}).get("memory_efficient")))
 
     @property
+    def _variant(self) -> str:
+        return " memory-efficient" if self.memory_efficient else ""
+
+    @property
     def family(self) -> str:
         """`resnet`, `densenet_bc memory-efficient`: the family and whether it recomputes in backward."""
-        return self.arch + (" memory-efficient" if self.memory_efficient else "")
+        return self.arch + self._variant
 
     @property
     def label(self) -> str:
         """`plain-56`, `densenet_bc-100 memory-efficient`: the net as the papers name it."""
-        return f"{self.arch}-{self.depth}" + (" memory-efficient" if self.memory_efficient else "")
+        return f"{self.arch}-{self.depth}{self._variant}"
 
     @property
     def train_errors(self) -> list[float]:
