@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 
 import pytest
 import pytorch_lightning as pl
@@ -14,7 +15,7 @@ from experiments.data import Synthetic
 from experiments.measure.cost import TrainingCost, percentile
 from experiments.measure.counts import activation_bytes, count_params, flops_per_image, saved_bytes
 from experiments.measure.gradflow import part_norms
-from experiments.measure.memory import APPROXIMATE
+from experiments.measure.memory import APPROXIMATE, PeakMemory
 from experiments.models import create_model
 from experiments.module import Classifier
 from experiments.report.plots import exponent
@@ -95,6 +96,27 @@ def assert_peak_memory_measured(summary: dict) -> None:
         assert summary["peak_memory_bytes"] >= 0
     else:
         assert summary["peak_memory_bytes"] > 0
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_peak_memory_starts_after_an_earlier_runs_garbage_is_freed(device, monkeypatch):
+    """Lightning's trainer and module refer to each other, so a finished run's tensors wait for the garbage
+    collector; a GPU's peak would count them in the next run of a multirun. (On this CPU-only machine the
+    CUDA calls of the GPU branch do nothing.)"""
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda device: None)
+
+    class Run:
+        def __init__(self) -> None:
+            self.activations = torch.empty(1 << 20)
+            self.me = self  # a reference cycle: reference counting alone never frees it
+
+    leftover = Run()
+    gone = weakref.ref(leftover.activations)
+    del leftover
+    assert gone() is not None
+    PeakMemory(torch.device(device)).start()
+    assert gone() is None
 
 
 def test_training_cost_times_the_steps_after_warmup(tmp_path):

@@ -22,9 +22,11 @@ def _status_bytes(field: str) -> int:
 
 
 def _release_freed_memory() -> None:
-    """Hand memory freed by earlier work (an earlier run of a multirun) back to the OS.
+    """Free what earlier work left (an earlier run of a multirun in this process) and hand it back to the OS.
 
-    Otherwise the allocator keeps it in the RSS and reuses it, and the next run's peak shows no growth.
+    Otherwise a GPU's peak counts an earlier run's uncollected tensors (Lightning's objects hold each other
+    in cycles, so they wait for the garbage collector), and on a CPU the allocator keeps freed memory in
+    the RSS and reuses it, so the next run's peak shows no growth.
     """
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
@@ -51,12 +53,12 @@ class PeakMemory:
         self.reserved_bytes: int | None = None
 
     def start(self) -> None:
+        _release_freed_memory()
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return
         if self.resettable:
-            _release_freed_memory()
             try:
                 CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
                 self.baseline = _status_bytes("VmRSS")
