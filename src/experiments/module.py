@@ -59,9 +59,8 @@ class Classifier(pl.LightningModule):
         self.optimizer = optimizer
         self.schedule = schedule
         self.channels_last = channels_last
-        # per split, this epoch: summed loss and correct predictions (on the device), and images seen
-        self._totals: dict[str, torch.Tensor] = {}
-        self._seen: dict[str, int] = {}
+        # per split, this epoch's steps: mean loss and correct predictions (on the device), and images
+        self._steps: dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -72,11 +71,11 @@ class Classifier(pl.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        # Summed here and logged once an epoch (log_epoch), not with self.log every step: Lightning's logging
-        # costs 2-3 ms of CPU a call, as long as a whole ResNet-56 step on a GPU with CUDA graphs.
-        sums = torch.stack([loss.detach().float() * len(labels), (logits.argmax(1) == labels).sum().float()])
-        self._totals[split] = self._totals[split] + sums if split in self._totals else sums
-        self._seen[split] = self._seen.get(split, 0) + len(labels)
+        # Kept per step and summed once an epoch (log_epoch), not logged with self.log every step: Lightning's
+        # logging costs 2-3 ms of CPU a call, as long as a whole ResNet-56 step on a GPU with CUDA graphs; and
+        # every tensor operation here is one more kernel launch per step.
+        correct = (logits.argmax(1) == labels).sum()
+        self._steps.setdefault(split, []).append((loss.detach(), correct, len(labels)))
         return loss
 
     def log_epoch(self, split: str) -> None:
@@ -85,10 +84,13 @@ class Classifier(pl.LightningModule):
         val and test log from their epoch-end hooks; train from EpochRecord, which must see the means:
         Lightning calls callbacks' on_train_epoch_end before the module's.
         """
-        if split not in self._totals:
+        if not (steps := self._steps.pop(split, [])):
             return
-        images = torch.tensor([float(self._seen.pop(split))], device=self.device)
-        totals = torch.cat([self._totals.pop(split), images])
+        losses, corrects, batch_sizes = zip(*steps, strict=True)
+        images = torch.tensor(batch_sizes, dtype=torch.float, device=self.device)
+        totals = torch.stack(
+            [(torch.stack(losses).float() * images).sum(), torch.stack(corrects).sum().float(), images.sum()]
+        )
         loss_sum, correct, count = self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
         self.log_dict({f"{split}/loss": loss_sum / count, f"{split}/acc": correct / count})
 
