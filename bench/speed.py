@@ -2,9 +2,11 @@
 model, data, optimiser, schedule, device settings and steps, in one process; then how long
 `experiments --help` takes and how long a command takes to reach its first training step.
 
-Both paths are timed the same way: images over the span from the first timed step of an epoch to the end
+A third path, Lightning's own loop around the same model with nothing of ours (no metrics, measurements,
+checkpoints or loggers), splits the project's extra time per step into Lightning's share and ours.
+Every path is timed the same way: images over the span from the first timed step of an epoch to the end
 of its last, data waits included, the first `--warmup` steps of a run excluded, one device sync per epoch;
-the two run alternately, `--repeats` times each, and the median throughput of each counts.
+the paths run alternately, `--repeats` times each, and the median throughput of each counts.
 
 Usage: python bench/speed.py         CPU cases (make bench)
        python bench/speed.py --gpu   GPU cases at batch 128 (bench/gpu_check.sh)
@@ -20,9 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
@@ -32,6 +36,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from experiments.app import CONF_DIR
 from experiments.build import build_datamodule, build_model, compile_options, resolve_device
+from experiments.data.arrays import TensorBatches
 from experiments.logging.noise import silence_library_noise
 from experiments.measure.memory import PeakMemory
 from experiments.module import lr_factor
@@ -42,8 +47,18 @@ CPU_CASES = {
     "resnet20, 32 px": ["arch=resnet20", *SYNTHETIC],
     "densenet_bc40, 32 px": ["arch=densenet_bc", "arch.depth=40", *SYNTHETIC],
     "resnet56, digits": ["arch=resnet56", "dataset=digits"],
+    # steps of a few ms, as small nets take on a GPU: the fixed per-step cost of each path shows
+    "resnet8, 8 px, batch 2": [
+        "arch=resnet",
+        "arch.depth=8",
+        "dataset=synthetic",
+        "dataset.image_size=8",
+        "dataset.channels=1",
+        "dataset.batch_size=2",
+        "dataset.train_size=1024",
+    ],
 }
-GPU_DATA = ["dataset=synthetic", "dataset.train_size=25600", "dataset.batch_size=128"]
+GPU_DATA = ["dataset=synthetic", "dataset.train_size=12800", "dataset.batch_size=128"]  # 100 steps an epoch
 GPU_CASES = {
     "resnet20": ["arch=resnet20", *GPU_DATA],
     "resnet56": ["arch=resnet56", *GPU_DATA],
@@ -74,8 +89,53 @@ def project(cfg: DictConfig, out: Path) -> dict:
     return {"throughput": summary["throughput"], "peak": summary["peak_memory_bytes"]}
 
 
-def raw_loop(cfg: DictConfig, warmup: int) -> dict:
-    """The same training, written out by hand: the loop a careful PyTorch user would write."""
+class Stopwatch:
+    """Images per second after the first `warmup` steps, as both hand-timed paths count them: from the
+    first timed step of an epoch to the end of its last, one device sync at each end."""
+
+    def __init__(self, warmup: int, cuda: bool) -> None:
+        self.warmup, self.cuda = warmup, cuda
+        self.steps = self.images = 0
+        self.seconds = 0.0
+        self.start: float | None = None
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def before_step(self) -> None:
+        if self.steps >= self.warmup and self.start is None:
+            self.start = self._now()
+
+    def after_step(self, images: int) -> None:
+        self.steps += 1
+        self.images += images if self.start is not None else 0
+
+    def end_epoch(self) -> None:
+        if self.start is not None:
+            self.seconds += self._now() - self.start
+            self.start = None
+
+    @property
+    def throughput(self) -> float:
+        return self.images / self.seconds
+
+
+@dataclass
+class Parts:
+    """What a hand-written loop sets up: the model on its device, its optimiser and schedule, the batches."""
+
+    device: torch.device
+    channels_last: bool
+    autocast: contextlib.AbstractContextManager
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    batches: TensorBatches
+
+
+def parts(cfg: DictConfig) -> Parts:
     torch.manual_seed(cfg.seed)
     device_settings = resolve_device(cfg)
     device = torch.device("cuda" if device_settings.cuda else "cpu")
@@ -97,32 +157,85 @@ def raw_loop(cfg: DictConfig, warmup: int) -> dict:
         if device_settings.precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
-    memory = PeakMemory(device)
+    return Parts(device, device_settings.channels_last, autocast, model, optimizer, scheduler, batches)
+
+
+def raw_loop(cfg: DictConfig, warmup: int) -> dict:
+    """The same training, written out by hand: the loop a careful PyTorch user would write."""
+    run = parts(cfg)
+    clock = Stopwatch(warmup, run.device.type == "cuda")
+    memory = PeakMemory(run.device)
     memory.start()
-    step, images, seconds = 0, 0, 0.0
     for epoch in range(cfg.trainer.max_epochs):
-        batches.sampler.set_epoch(epoch)
-        start = None
-        for x, y in batches:
-            if step == warmup or (step > warmup and start is None):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-            if device_settings.channels_last:
+        run.batches.sampler.set_epoch(epoch)
+        for x, y in run.batches:
+            clock.before_step()
+            if run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
+            with run.autocast:
+                loss = F.cross_entropy(run.model(x), y)
+            run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            images += len(y) if start is not None else 0
-        if start is not None:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds += time.perf_counter() - start
-    return {"throughput": images / seconds, "peak": memory.stop()}
+            run.optimizer.step()
+            run.scheduler.step()
+            clock.after_step(len(y))
+        clock.end_epoch()
+    return {"throughput": clock.throughput, "peak": memory.stop()}
+
+
+class LightningOnly(pl.LightningModule):
+    """The hand-written loop's step as a LightningModule: Lightning's loop with nothing of the project's."""
+
+    def __init__(self, run: Parts) -> None:
+        super().__init__()
+        self.model, self.run = run.model, run
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return F.cross_entropy(self.model(x), y)
+
+    def configure_optimizers(self) -> dict:
+        scheduler = {"scheduler": self.run.scheduler, "interval": "step"}
+        return {"optimizer": self.run.optimizer, "lr_scheduler": scheduler}
+
+
+class StopwatchCallback(pl.Callback):
+    def __init__(self, clock: Stopwatch) -> None:
+        self.clock = clock
+
+    def on_train_batch_start(self, *_: object) -> None:
+        self.clock.before_step()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: object, outputs: object, batch: tuple, *_: object
+    ) -> None:
+        self.clock.after_step(len(batch[1]))
+
+    def on_train_epoch_end(self, *_: object) -> None:
+        self.clock.end_epoch()
+
+
+def lightning_only(cfg: DictConfig, warmup: int) -> dict:
+    """The hand-written loop's training under Lightning's Trainer, with every optional feature off."""
+    run = parts(cfg)
+    clock = Stopwatch(warmup, run.device.type == "cuda")
+    trainer = pl.Trainer(
+        accelerator=run.device.type,
+        devices=1,
+        precision=resolve_device(cfg).precision,
+        max_epochs=cfg.trainer.max_epochs,
+        logger=False,
+        callbacks=[StopwatchCallback(clock)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(LightningOnly(run), train_dataloaders=run.batches)
+    return {"throughput": clock.throughput}
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -190,24 +303,34 @@ def main() -> None:
     cases = {name: overrides for name, overrides in cases.items() if name in (args.cases or cases)}
     device = torch.cuda.get_device_name() if args.gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} on {device}, compile={args.compile}")
-    header = f"{'case':<22} {'batch':>5} {'project img/s':>14} {'raw loop img/s':>15} {'ratio':>6}"
-    print(header + ("  peak MB project / raw" if args.gpu else ""))
+    print(
+        f"{'case':<24} {'batch':>5} {'project':>9} {'Lightning':>9} {'raw loop':>9} {'ratio':>6}"
+        f"  {'extra ms/step: Lightning + ours':>31}" + ("  peak MB project / raw" if args.gpu else "")
+    )
+    print(f"{'':<24} {'':>5} {'img/s':>9} {'only':>9} {'img/s':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in cases.items():
             extra = ["trainer=gpu"] if args.gpu else ["trainer=cpu"]
             extra += [f"compile={args.compile}"]
             cfg = config([*overrides, *extra], args.epochs, args.warmup)
-            # alternated, the median of each: a shared machine's noise and the order of the two cancel out
+            # alternated, the median of each: a shared machine's noise and the order of the paths cancel out
             trials = [
-                (project(cfg, Path(tmp) / f"{name}-{repeat}".replace(" ", "_")), raw_loop(cfg, args.warmup))
+                (
+                    project(cfg, Path(tmp) / f"{name}-{repeat}".replace(" ", "_")),
+                    lightning_only(cfg, args.warmup),
+                    raw_loop(cfg, args.warmup),
+                )
                 for repeat in range(args.repeats)
             ]
-            ours = median_run([ours for ours, _ in trials])
-            raw = median_run([raw for _, raw in trials])
-            ratio = ours["throughput"] / raw["throughput"]
+            ours, bare, raw = (median_run(list(runs)) for runs in zip(*trials, strict=True))
+            # the time each path adds to a step: Lightning's own loop over the raw loop, ours over Lightning's
+            step_ms = [1000 * cfg.dataset.batch_size / run["throughput"] for run in (raw, bare, ours)]
+            lightning_ms, ours_ms = step_ms[1] - step_ms[0], step_ms[2] - step_ms[1]
             line = (
-                f"{name:<22} {cfg.dataset.batch_size:>5} {ours['throughput']:>14,.0f} "
-                f"{raw['throughput']:>15,.0f} {ratio:>6.2f}"
+                f"{name:<24} {cfg.dataset.batch_size:>5} "
+                + " ".join(f"{run['throughput']:>9,.0f}" for run in (ours, bare, raw))
+                + f" {ours['throughput'] / raw['throughput']:>6.2f}"
+                + f"  {lightning_ms + ours_ms:>9.2f} = {lightning_ms:.2f} + {ours_ms:.2f}"
             )
             if args.gpu:
                 line += f"  {ours['peak'] / 1e6:,.0f} / {raw['peak'] / 1e6:,.0f}"
