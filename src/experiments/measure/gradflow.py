@@ -13,12 +13,13 @@ import torch
 
 
 def part_norms(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The L2 norm of the gradients of each top-level child of `model`, as tensors on its device."""
+    """The L2 norm of the gradients of each top-level child of `model`, as tensors on its device (a few
+    multi-tensor kernels per part, not one per parameter)."""
     norms = {}
     for name, part in model.named_children():
         grads = [p.grad for p in part.parameters() if p.grad is not None]
         if grads:
-            norms[name] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            norms[name] = torch.nn.utils.get_total_norm(grads)
     return norms
 
 
