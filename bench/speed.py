@@ -2,12 +2,14 @@
 model, data, optimiser, schedule, device settings and steps, in one process; then how long
 `experiments --help` takes and how long a command takes to reach its first training step.
 
-A third path, Lightning's own loop around the same model with nothing of ours (no metrics, measurements,
-checkpoints or loggers), splits the project's extra time per step into Lightning's share and ours.
-Every path is timed the same way: images over the span from the first timed step of an epoch to the end
-of its last, data waits included, the first `--warmup` steps of a run excluded, one device sync per epoch;
-the paths run alternately, `--repeats` times each, and the fastest trial of each counts (as with timeit:
-on a shared machine, interference only ever slows a trial down).
+A third path, Lightning's own loop around the same model with nothing of ours (no metrics, checkpoints
+or loggers), splits the project's extra time per step into Lightning's share and ours.
+Every path counts images over the span from the first timed step of an epoch to the end of its last,
+data waits included, the first `--warmup` steps of a run excluded: the two Lightning paths with the
+project's own clock (TrainingCost), the raw loop with a stopwatch that syncs the device at both ends.
+The paths run in rounds, `--repeats` of them, each path in turn first; a machine's speed drifts, so the
+ratios are taken within each round (paths that ran minutes apart are not compared) and their median and
+range printed.
 
 Usage: python bench/speed.py         CPU cases (make bench)
        python bench/speed.py --gpu   GPU cases at batch 128 (bench/gpu_check.sh)
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,6 +43,7 @@ from experiments.app import CONF_DIR
 from experiments.build import build_datamodule, build_model, compile_options, resolve_device
 from experiments.data.arrays import TensorBatches
 from experiments.logging.noise import silence_library_noise
+from experiments.measure.cost import TrainingCost
 from experiments.measure.memory import PeakMemory
 from experiments.module import lr_factor
 from experiments.train import train
@@ -87,14 +91,15 @@ def config(overrides: list[str], epochs: int, warmup: int) -> DictConfig:
 
 
 def project(cfg: DictConfig) -> dict:
-    with tempfile.TemporaryDirectory() as run_dir:
+    # stdout is no terminal here, as under CI or SLURM: no progress bar redrawn every step
+    with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
         summary = train(cfg, Path(run_dir))
     return {"throughput": summary["throughput"], "peak": summary["peak_memory_bytes"]}
 
 
 class Stopwatch:
-    """Images per second after the first `warmup` steps, as both hand-timed paths count them: from the
-    first timed step of an epoch to the end of its last, one device sync at each end."""
+    """The raw loop's clock: images per second after the first `warmup` steps, from the first timed step
+    of an epoch to the end of its last, with a device sync at each end."""
 
     def __init__(self, warmup: int, cuda: bool) -> None:
         self.warmup, self.cuda = warmup, cuda
@@ -126,7 +131,7 @@ class Stopwatch:
 
 
 @dataclass
-class Parts:
+class Setup:
     """What a hand-written loop sets up: the model on its device, its optimiser and schedule, the batches."""
 
     device: torch.device
@@ -138,10 +143,11 @@ class Parts:
     batches: TensorBatches
 
 
-def parts(cfg: DictConfig) -> Parts:
+def set_up(cfg: DictConfig) -> Setup:
     torch.manual_seed(cfg.seed)
     device_settings = resolve_device(cfg)
     device = torch.device("cuda" if device_settings.cuda else "cpu")
+    torch.backends.cudnn.benchmark = device_settings.cuda  # as the project sets it
     data = build_datamodule(cfg)
     data.setup()
     model = build_model(cfg, data).to(device)
@@ -160,27 +166,27 @@ def parts(cfg: DictConfig) -> Parts:
         if device_settings.precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
-    return Parts(device, device_settings.channels_last, autocast, model, optimizer, scheduler, batches)
+    return Setup(device, device_settings.channels_last, autocast, model, optimizer, scheduler, batches)
 
 
 def raw_loop(cfg: DictConfig) -> dict:
     """The same training, written out by hand: the loop a careful PyTorch user would write."""
-    run = parts(cfg)
-    clock = Stopwatch(cfg.measure.warmup_steps, run.device.type == "cuda")
-    memory = PeakMemory(run.device)
+    setup = set_up(cfg)
+    clock = Stopwatch(cfg.measure.warmup_steps, setup.device.type == "cuda")
+    memory = PeakMemory(setup.device)
     memory.start()
     for epoch in range(cfg.trainer.max_epochs):
-        run.batches.sampler.set_epoch(epoch)
-        for x, y in run.batches:
+        setup.batches.sampler.set_epoch(epoch)
+        for x, y in setup.batches:
             clock.before_step()
-            if run.channels_last:
+            if setup.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with run.autocast:
-                loss = F.cross_entropy(run.model(x), y)
-            run.optimizer.zero_grad(set_to_none=True)
+            with setup.autocast:
+                loss = F.cross_entropy(setup.model(x), y)
+            setup.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            run.optimizer.step()
-            run.scheduler.step()
+            setup.optimizer.step()
+            setup.scheduler.step()
             clock.after_step(len(y))
         clock.end_epoch()
     return {"throughput": clock.throughput, "peak": memory.stop()}
@@ -189,63 +195,44 @@ def raw_loop(cfg: DictConfig) -> dict:
 class LightningOnly(pl.LightningModule):
     """The hand-written loop's step as a LightningModule: Lightning's loop with nothing of the project's."""
 
-    def __init__(self, run: Parts) -> None:
+    def __init__(self, setup: Setup) -> None:
         super().__init__()
-        self.model, self.run = run.model, run
+        self.model, self.raw = setup.model, setup  # not self.setup: a Lightning hook
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        if self.run.channels_last:
+        if self.raw.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return F.cross_entropy(self.model(x), y)
 
     def configure_optimizers(self) -> dict:
-        scheduler = {"scheduler": self.run.scheduler, "interval": "step"}
-        return {"optimizer": self.run.optimizer, "lr_scheduler": scheduler}
-
-
-class StopwatchCallback(pl.Callback):
-    def __init__(self, clock: Stopwatch) -> None:
-        self.clock = clock
-
-    def on_train_batch_start(self, *_: object) -> None:
-        self.clock.before_step()
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, module: object, outputs: object, batch: tuple, *_: object
-    ) -> None:
-        self.clock.after_step(len(batch[1]))
-
-    def on_train_epoch_end(self, *_: object) -> None:
-        self.clock.end_epoch()
+        scheduler = {"scheduler": self.raw.scheduler, "interval": "step"}
+        return {"optimizer": self.raw.optimizer, "lr_scheduler": scheduler}
 
 
 def lightning_only(cfg: DictConfig) -> dict:
-    """The hand-written loop's training under Lightning's Trainer, with every optional feature off."""
-    run = parts(cfg)
-    clock = Stopwatch(cfg.measure.warmup_steps, run.device.type == "cuda")
+    """The hand-written loop's training under Lightning's Trainer, with every optional feature off and
+    the project's clock."""
+    setup = set_up(cfg)
+    clock = TrainingCost(cfg.measure.warmup_steps)
     trainer = pl.Trainer(
-        accelerator=run.device.type,
+        accelerator=setup.device.type,
         devices=1,
         precision=resolve_device(cfg).precision,
         max_epochs=cfg.trainer.max_epochs,
         logger=False,
-        callbacks=[StopwatchCallback(clock)],
+        callbacks=[clock],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )
-    trainer.fit(LightningOnly(run), train_dataloaders=run.batches)
-    return {"throughput": clock.throughput}
+    trainer.fit(LightningOnly(setup), train_dataloaders=setup.batches)
+    return {"throughput": clock.summary()["throughput"]}
 
 
 PATHS = (project, lightning_only, raw_loop)
-
-
-def fastest(runs: list[dict]) -> dict:
-    return max(runs, key=lambda r: r["throughput"])
 
 
 def startup() -> None:
@@ -301,7 +288,7 @@ def main() -> None:
     )
     parser.add_argument("--cases", nargs="+", help="only these cases (default: all)")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="alternated trials of each path; the fastest counts"
+        "--repeats", type=int, default=3, help="rounds of the three paths; medians over them count"
     )
     args = parser.parse_args()
     silence_library_noise()
@@ -311,7 +298,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} on {device}, compile={args.compile}")
     print(
-        f"{'case':<24} {'batch':>5} {'project':>9} {'Lightning':>9} {'raw loop':>9} {'ratio':>6}"
+        f"{'case':<24} {'batch':>5} {'project':>9} {'Lightning':>9} {'raw loop':>9} {'ratio (range)':>18}"
         f"  {'extra ms/step: Lightning + ours':>31}" + ("  peak MB project / raw" if args.gpu else "")
     )
     print(f"{'':<24} {'':>5} {'img/s':>9} {'only':>9} {'img/s':>9}")
@@ -319,26 +306,29 @@ def main() -> None:
         extra = ["trainer=gpu"] if args.gpu else ["trainer=cpu"]
         extra += [f"compile={args.compile}"]
         cfg = config([*overrides, *extra], args.epochs, args.warmup)
-        # interleaved and in turn first, so that a slow spell of a shared machine hits no path alone
-        runs: dict[Callable, list[dict]] = {path: [] for path in PATHS}
+        rounds = []
         for repeat in range(args.repeats):
-            for path in PATHS[repeat % 3 :] + PATHS[: repeat % 3]:
-                runs[path].append(path(cfg))
-        ours, bare, raw = (fastest(runs[path]) for path in PATHS)
-        # the time each path adds to a step: Lightning's own loop over the raw loop, ours over Lightning's
-        step_ms = [1000 * cfg.dataset.batch_size / run["throughput"] for run in (raw, bare, ours)]
-        lightning_ms, ours_ms = step_ms[1] - step_ms[0], step_ms[2] - step_ms[1]
+            turn = repeat % len(PATHS)
+            rounds.append({path: path(cfg) for path in PATHS[turn:] + PATHS[:turn]})
+        # per round: each path's milliseconds per batch, and from them the round's ratio and extra times
+        ms = [
+            {path: 1000 * cfg.dataset.batch_size / run["throughput"] for path, run in r.items()}
+            for r in rounds
+        ]
+        ratios = [m[raw_loop] / m[project] for m in ms]
+        lightning_ms = statistics.median(m[lightning_only] - m[raw_loop] for m in ms)
+        ours_ms = statistics.median(m[project] - m[lightning_only] for m in ms)
         line = (
             f"{name:<24} {cfg.dataset.batch_size:>5} "
-            + " ".join(f"{run['throughput']:>9,.0f}" for run in (ours, bare, raw))
-            + f" {ours['throughput'] / raw['throughput']:>6.2f}"
+            + " ".join(f"{statistics.median(r[path]['throughput'] for r in rounds):>9,.0f}" for path in PATHS)
+            + f" {statistics.median(ratios):>6.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
             + f"  {lightning_ms + ours_ms:>9.2f} = {lightning_ms:.2f} + {ours_ms:.2f}"
         )
         if args.gpu:
-            line += f"  {ours['peak'] / 1e6:,.0f} / {raw['peak'] / 1e6:,.0f}"
+            line += f"  {rounds[0][project]['peak'] / 1e6:,.0f} / {rounds[0][raw_loop]['peak'] / 1e6:,.0f}"
             if name == "resnet56":
-                minutes = HE_RECIPE_IMAGES / ours["throughput"] / 60
-                line += f"  (He et al.'s 64k x 128 recipe: {minutes:.1f} min)"
+                throughput = statistics.median(r[project]["throughput"] for r in rounds)
+                line += f"  (He et al.'s 64k x 128 recipe: {HE_RECIPE_IMAGES / throughput / 60:.1f} min)"
         print(line, flush=True)
     if not args.gpu:
         startup()

@@ -101,8 +101,8 @@ def assert_peak_memory_measured(summary: dict) -> None:
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_peak_memory_starts_after_an_earlier_runs_garbage_is_freed(device, monkeypatch):
     """Lightning's trainer and module refer to each other, so a finished run's tensors wait for the garbage
-    collector; a GPU's peak would count them in the next run of a multirun. (On this CPU-only machine the
-    CUDA calls of the GPU branch do nothing.)"""
+    collector; a GPU's peak would count them in the next run of a multirun. (The GPU branch's calls to
+    synchronize and reset the CUDA allocator's peak are stubbed out: this machine has no GPU.)"""
     for name in ("synchronize", "reset_peak_memory_stats"):
         monkeypatch.setattr(torch.cuda, name, lambda device: None)
 

@@ -122,6 +122,7 @@ class Classifier(pl.LightningModule):
         self.log_epoch("test")
 
     def on_train_epoch_start(self) -> None:
+        self._steps.pop("train", None)  # left over if nothing logged the last epoch (log_epoch)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self) -> dict:

@@ -42,7 +42,8 @@ class GradientFlow(pl.Callback):
             self._sums[name] = self._sums.get(name, 0) + norm.detach()
         self._count += 1
         if trainer.loggers and trainer.is_global_zero:
-            values = {f"grad_norm/{name}": norm.item() for name, norm in norms.items()}
+            read = torch.stack(list(norms.values())).tolist()  # one device sync for all parts
+            values = {f"grad_norm/{name}": value for name, value in zip(norms, read, strict=True)}
             for logger in trainer.loggers:
                 logger.log_metrics(values, step=trainer.global_step)
 

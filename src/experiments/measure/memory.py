@@ -56,6 +56,7 @@ class PeakMemory:
         _release_freed_memory()
         if self.cuda:
             torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()  # the reserved peak starts from what is reserved now
             torch.cuda.reset_peak_memory_stats(self.device)
             return
         if self.resettable:
