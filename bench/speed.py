@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from experiments.app import CONF_DIR
-from experiments.build import build_datamodule, build_model, compile_options, resolve_device
+from experiments.build import Device, build_datamodule, build_model, prepare_model, resolve_device
 from experiments.data.arrays import TensorBatches
 from experiments.logging.noise import silence_library_noise
 from experiments.measure.cost import TrainingCost
@@ -135,7 +135,7 @@ class Setup:
     """What a hand-written loop sets up: the model on its device, its optimiser and schedule, the batches."""
 
     device: torch.device
-    channels_last: bool
+    settings: Device  # precision and channels_last, as the project resolves them
     autocast: contextlib.AbstractContextManager
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -145,16 +145,11 @@ class Setup:
 
 def set_up(cfg: DictConfig) -> Setup:
     torch.manual_seed(cfg.seed)
-    device_settings = resolve_device(cfg)
-    device = torch.device("cuda" if device_settings.cuda else "cpu")
-    torch.backends.cudnn.benchmark = device_settings.cuda  # as the project sets it
+    settings = resolve_device(cfg)
+    device = torch.device("cuda" if settings.cuda else "cpu")
     data = build_datamodule(cfg)
     data.setup()
-    model = build_model(cfg, data).to(device)
-    if device_settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if (options := compile_options(cfg.compile)) is not None:
-        model.compile(**options)
+    model = prepare_model(cfg, build_model(cfg, data), settings).to(device)
     model.train()
     optimizer = instantiate(cfg.optim)(model.parameters())
     batches = data.batches("train", device)
@@ -163,10 +158,10 @@ def set_up(cfg: DictConfig) -> Setup:
     scheduler = LambdaLR(optimizer, partial(lr_factor, total_steps=steps, **schedule))
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
-        if device_settings.precision == "bf16-mixed"
+        if settings.precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
-    return Setup(device, device_settings.channels_last, autocast, model, optimizer, scheduler, batches)
+    return Setup(device, settings, autocast, model, optimizer, scheduler, batches)
 
 
 def raw_loop(cfg: DictConfig) -> dict:
@@ -179,7 +174,7 @@ def raw_loop(cfg: DictConfig) -> dict:
         setup.batches.sampler.set_epoch(epoch)
         for x, y in setup.batches:
             clock.before_step()
-            if setup.channels_last:
+            if setup.settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with setup.autocast:
                 loss = F.cross_entropy(setup.model(x), y)
@@ -201,7 +196,7 @@ class LightningOnly(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        if self.raw.channels_last:
+        if self.raw.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return F.cross_entropy(self.model(x), y)
 
@@ -218,7 +213,7 @@ def lightning_only(cfg: DictConfig) -> dict:
     trainer = pl.Trainer(
         accelerator=setup.device.type,
         devices=1,
-        precision=resolve_device(cfg).precision,
+        precision=setup.settings.precision,
         max_epochs=cfg.trainer.max_epochs,
         logger=False,
         callbacks=[clock],

@@ -59,16 +59,22 @@ def compile_options(setting: Any) -> dict[str, str] | None:
     )
 
 
-def build_module(cfg: DictConfig, model: nn.Module, device: Device):  # -> Classifier
-    """The LightningModule around `model`, laid out and compiled for `device`."""
-    from experiments.module import Classifier
-
+def prepare_model(cfg: DictConfig, model: nn.Module, device: Device) -> nn.Module:
+    """`model` laid out and compiled for `device` (the project's path and the speed bench's raw loops)."""
     if device.cuda:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
     if device.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if (options := compile_options(cfg.compile)) is not None:
         model.compile(**options)
+    return model
+
+
+def build_module(cfg: DictConfig, model: nn.Module, device: Device):  # -> Classifier
+    """The LightningModule around `model`, laid out and compiled for `device`."""
+    from experiments.module import Classifier
+
+    model = prepare_model(cfg, model, device)
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
     return Classifier(model, instantiate(cfg.optim), schedule, channels_last=device.channels_last)
 
