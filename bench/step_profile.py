@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from speed import CPU_CASES, GPU_CASES, PATHS, config  # bench/, the script's own directory
+from torch._dynamo.utils import counters
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.profiler import ProfilerActivity, profile
 
@@ -49,6 +50,7 @@ class Window:
     gc_seconds: float = 0.0
     trace: dict = field(default_factory=dict)
     sync_sites: collections.Counter = field(default_factory=collections.Counter)
+    compile_counts: collections.Counter = field(default_factory=collections.Counter)  # over the whole run
 
     def __call__(self, *_: object) -> None:
         self.seen += 1
@@ -128,15 +130,27 @@ class StepCosts:
         )
 
 
+def compile_counts() -> collections.Counter:
+    """torch.compile's counts so far in this process: graphs compiled, graph breaks, and what CUDA-graph
+    trees did (a skip means the graph ran without CUDA graphs; recordings past the first few mean
+    re-recording)."""
+    counts = collections.Counter(unique_graphs=counters["stats"]["unique_graphs"])
+    counts["graph_breaks"] = sum(counters["graph_break"].values())
+    counts.update({key: n for key, n in counters["inductor"].items() if key.startswith("cudagraph")})
+    return counts
+
+
 def profile_path(
     path, cfg, skip: int, steps: int, cuda: bool, traces: Path | None
 ) -> tuple[StepCosts, Window]:
     window = Window(skip, steps, cuda)
     handle = register_optimizer_step_post_hook(window)
+    before = compile_counts()
     try:
         path(cfg)
     finally:
         handle.remove()
+    window.compile_counts = compile_counts() - before
     if window.seconds is None:
         raise SystemExit(f"{path.__name__} made {window.seen} optimiser steps, fewer than --skip + --steps")
     if traces:
@@ -182,6 +196,9 @@ def main() -> None:
                 f" {costs.gpu_busy_ms:>11.2f}",
                 flush=True,
             )
+        if args.compile != "false":
+            for path, (_, window) in profiled.items():
+                print(f"{path}: torch.compile over the whole run: {dict(window.compile_counts)}")
         if args.gpu:
             print_gpu_details(profiled)
 
