@@ -170,6 +170,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--traces", type=Path, help="save each path's Chrome trace here (gzipped)")
     args = parser.parse_args()
+    if args.skip < 1 or args.steps < 1:
+        parser.error("--skip and --steps must be at least 1 (the window opens after an optimiser step)")
     silence_library_noise()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     cases = GPU_CASES if args.gpu else CPU_CASES
@@ -192,8 +194,12 @@ def main() -> None:
             costs = profiled[path.__name__][0]
             print(
                 f"{path.__name__:<16} {costs.wall_ms:>8.2f} {costs.gc_ms:>6.2f} {costs.aten_calls:>10.0f}"
-                f" {costs.kernel_launches:>8.1f} {costs.graph_launches:>7.1f} {costs.syncs:>6.2f}"
-                f" {costs.gpu_busy_ms:>11.2f}",
+                + (
+                    f" {costs.kernel_launches:>8.1f} {costs.graph_launches:>7.1f} {costs.syncs:>6.2f}"
+                    f" {costs.gpu_busy_ms:>11.2f}"
+                    if args.gpu
+                    else f" {'-':>8} {'-':>7} {'-':>6} {'-':>11}"  # the CPU has no launches or syncs
+                ),
                 flush=True,
             )
         if args.compile != "false":
