@@ -33,6 +33,7 @@ demo: install
 bench: install
 	$(PY) bench/memory.py
 	$(PY) bench/speed.py
+	$(PY) bench/step_profile.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
