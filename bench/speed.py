@@ -49,12 +49,13 @@ from experiments.module import lr_factor
 from experiments.train import train
 
 SYNTHETIC = ["dataset=synthetic", "dataset.train_size=1024"]
+LAUNCH_BOUND = "resnet8, 8 px, batch 2"
 CPU_CASES = {
     "resnet20, 32 px": ["arch=resnet20", *SYNTHETIC],
     "densenet_bc40, 32 px": ["arch=densenet_bc", "arch.depth=40", *SYNTHETIC],
     "resnet56, digits": ["arch=resnet56", "dataset=digits"],
     # steps of a few ms, as small nets take on a GPU: the fixed per-step cost of each path shows
-    "resnet8, 8 px, batch 2": [
+    LAUNCH_BOUND: [
         "arch=resnet",
         "arch.depth=8",
         "dataset=synthetic",
@@ -230,6 +231,13 @@ def lightning_only(cfg: DictConfig) -> dict:
 PATHS = (project, lightning_only, raw_loop)
 
 
+def run(path, cfg: DictConfig) -> dict:
+    """One run of `path` from a clean torch.compile state, as in a fresh process: each path compiles its
+    model (from inductor's on-disk cache after the first) and records its own CUDA graphs."""
+    torch.compiler.reset()
+    return path(cfg)
+
+
 def startup() -> None:
     """How long `--help` and a first training step take from the command line, and why."""
     run = [sys.executable, "-m", "experiments"]
@@ -304,7 +312,7 @@ def main() -> None:
         rounds = []
         for repeat in range(args.repeats):
             turn = repeat % len(PATHS)
-            rounds.append({path: path(cfg) for path in PATHS[turn:] + PATHS[:turn]})
+            rounds.append({path: run(path, cfg) for path in PATHS[turn:] + PATHS[:turn]})
         # per round: each path's milliseconds per batch, and from them the round's ratio and extra times
         ms = [
             {path: 1000 * cfg.dataset.batch_size / run["throughput"] for path, run in r.items()}
