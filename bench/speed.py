@@ -240,15 +240,15 @@ def run(path, cfg: DictConfig) -> dict:
 
 def startup() -> None:
     """How long `--help` and a first training step take from the command line, and why."""
-    run = [sys.executable, "-m", "experiments"]
+    cli = [sys.executable, "-m", "experiments"]
     begun = time.time()
-    subprocess.run([*run, "--help"], check=True, capture_output=True)
+    subprocess.run([*cli, "--help"], check=True, capture_output=True)
     help_s = time.time() - begun
     with tempfile.TemporaryDirectory() as run_dir:
         begun = time.time()
         subprocess.run(
             [
-                *run,
+                *cli,
                 "train",
                 "arch=resnet20",
                 "dataset=digits",
@@ -287,7 +287,7 @@ def main() -> None:
         nargs="?",
         const="true",
         default="false",
-        help="torch.compile both paths (MODE: its mode)",
+        help="torch.compile every path (MODE: its mode)",
     )
     parser.add_argument("--cases", nargs="+", help="only these cases (default: all)")
     parser.add_argument(
@@ -315,7 +315,7 @@ def main() -> None:
             rounds.append({path: run(path, cfg) for path in PATHS[turn:] + PATHS[:turn]})
         # per round: each path's milliseconds per batch, and from them the round's ratio and extra times
         ms = [
-            {path: 1000 * cfg.dataset.batch_size / run["throughput"] for path, run in r.items()}
+            {path: 1000 * cfg.dataset.batch_size / result["throughput"] for path, result in r.items()}
             for r in rounds
         ]
         ratios = [m[raw_loop] / m[project] for m in ms]
