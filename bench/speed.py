@@ -35,12 +35,18 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from experiments.app import CONF_DIR
-from experiments.build import Device, build_datamodule, build_model, prepare_model, resolve_device
+from experiments.build import (
+    Device,
+    build_datamodule,
+    build_model,
+    build_optimizer,
+    prepare_model,
+    resolve_device,
+)
 from experiments.data.arrays import TensorBatches
 from experiments.logging.noise import silence_library_noise
 from experiments.measure.cost import TrainingCost
@@ -152,7 +158,7 @@ def set_up(cfg: DictConfig) -> Setup:
     data.setup()
     model = prepare_model(cfg, build_model(cfg, data), settings).to(device)
     model.train()
-    optimizer = instantiate(cfg.optim)(model.parameters())
+    optimizer = build_optimizer(cfg, settings)(model.parameters())
     batches = data.batches("train", device)
     steps = cfg.trainer.max_epochs * len(batches)
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)

@@ -9,7 +9,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+from hydra import compose, initialize_config_dir
 
+from experiments.app import CONF_DIR
+from experiments.build import Device, build_optimizer
 from experiments.models import create_model
 from experiments.module import lr_factor
 from tests.helpers import archive_messages, archive_metrics, archive_params, clean_env, run_cli, run_dirs
@@ -228,3 +232,16 @@ def test_learning_rate_schedules():
     cosine = {"total_steps": 100, "name": "cosine"}
     assert [lr_factor(step, **cosine) for step in (0, 50, 100)] == pytest.approx([1, 0.5, 0])
     assert lr_factor(10, total_steps=100, name="constant") == 1
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adamw"])
+def test_optimisers_are_fused_on_a_gpu_unless_the_config_says(optim):
+    params = [torch.nn.Parameter(torch.ones(3))]
+
+    def fused(cuda: bool, *overrides: str) -> bool:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", [f"optim={optim}", *overrides])
+        return build_optimizer(cfg, Device(cuda, "32-true", channels_last=False))(params).defaults["fused"]
+
+    assert fused(cuda=True) and not fused(cuda=False)
+    assert not fused(True, "+optim.fused=false") and fused(False, "+optim.fused=true")
