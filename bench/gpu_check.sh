@@ -2,8 +2,8 @@
 # GPU check, at most 8 minutes on one modern GPU, in three passes:
 # 1. images/s and peak memory of the project's train path, of Lightning's loop alone around a hand-written
 #    step and of the hand-written loop, all with the same optimisations (bf16 autocast, channels_last,
-#    cudnn.benchmark, the dataset held on the GPU), for ResNet-20/56/110, DenseNet-BC-100 and DenseNet-121
-#    at batch 128, and the time He et al.'s ResNet-56 recipe (64k iterations x 128) would take;
+#    cudnn.benchmark, a fused optimiser, the dataset held on the GPU), for ResNet-20/56/110, DenseNet-BC-100
+#    and DenseNet-121 at batch 128, and the time He et al.'s ResNet-56 recipe (64k iterations x 128) would take;
 # 2. ResNet-56 again with CUDA graphs (compile=reduce-overhead), in three rounds;
 # 3. where each path's step time goes with CUDA graphs (bench/step_profile.py: launches, syncs, GPU busy
 #    time, the kernels it goes to), with the profiler traces saved under $TRACES.

@@ -126,6 +126,7 @@ BAD_INPUT = {
     "gpu that is not there": (["trainer=gpu"], "no CUDA GPU is visible here; use trainer=cpu"),
     "missing checkpoint": (["ckpt_path=/no/such.ckpt"], "ckpt_path: /no/such.ckpt does not exist"),
     "unknown compile mode": (["compile=fastest"], "compile must be false, true or a torch.compile mode"),
+    "unknown optimiser": (["optim._target_=torch.optim.Nope"], "optim: Error loading 'torch.optim.Nope'"),
     "malformed override": (
         ["arch.depth=[1"],
         "cannot parse override 'arch.depth=[1': no viable alternative at input '[1' (the grammar: https",

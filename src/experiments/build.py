@@ -74,8 +74,9 @@ def prepare_model(cfg: DictConfig, model: nn.Module, device: Device) -> nn.Modul
 
 def build_optimizer(cfg: DictConfig, device: Device) -> Callable[..., torch.optim.Optimizer]:
     """cfg.optim as a function of the parameters. On a GPU the update is fused (one kernel for all
-    parameters) unless cfg.optim sets `fused`: with CUDA graphs, ResNet-56's step on an H200 waits for the
-    CPU, and the default multi-tensor update spent 2-3 ms of it a step, a quarter (docs/performance.md)."""
+    parameters) unless cfg.optim sets `fused`: with CUDA graphs a ResNet-56 step waits on the CPU, and on an
+    H200 the fused update cut the hand-written loop's step from 13.6-14.0 ms to 5.0-6.1 ms
+    (docs/performance.md)."""
     try:
         optimizer = get_class(cfg.optim._target_)
     except Exception as error:
