@@ -12,10 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from experiments.__main__ import main
 from tests.helpers import archive_messages, clean_env, run_cli, run_dirs
+
+
+def update_of(checkpoint: Path) -> dict:
+    """How the checkpoint's optimiser updates its parameters: fused, foreach (None: PyTorch's default)."""
+    group = torch.load(checkpoint, weights_only=False)["optimizer_states"][0]["param_groups"][0]
+    return {key: group[key] for key in ("fused", "foreach")}
 
 
 def epochs_in(metrics: Path) -> list[int]:
@@ -84,12 +91,20 @@ def test_a_killed_run_resumes_where_it_stopped(workdir):
 
 @pytest.mark.slow
 def test_resuming_from_a_given_checkpoint(workdir):
+    # saved with a fused update (as on a GPU), resumed with the configured one
     first = run_cli(
-        "train", "arch=resnet20", "dataset=digits", "trainer.max_epochs=1", "logger=none", cwd=workdir
+        "train",
+        "arch=resnet20",
+        "dataset=digits",
+        "trainer.max_epochs=1",
+        "logger=none",
+        "+optim.fused=true",
+        cwd=workdir,
     )
     assert first.returncode == 0, first.stderr
     (run,) = run_dirs(workdir)
     checkpoint = run / "checkpoints" / "last.ckpt"
+    assert update_of(checkpoint) == {"fused": True, "foreach": None}
     second = run_cli(
         "train",
         "arch=resnet20",
@@ -103,6 +118,7 @@ def test_resuming_from_a_given_checkpoint(workdir):
     assert second.returncode == 0, second.stderr
     assert epochs_in(workdir / "continued" / "metrics.csv") == [1]
     assert json.loads((workdir / "continued" / "summary.json").read_text())["epochs"] == 2
+    assert update_of(workdir / "continued" / "checkpoints" / "last.ckpt") == {"fused": None, "foreach": None}
 
 
 def test_divergence_stops_its_run_and_the_sweep_goes_on(workdir):

@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from experiments.app import CONF_DIR
-from experiments.build import Device, build_optimizer
+from experiments.build import Device, build_module
 from experiments.models import create_model
 from experiments.module import lr_factor
 from tests.helpers import archive_messages, archive_metrics, archive_params, clean_env, run_cli, run_dirs
@@ -235,13 +235,17 @@ def test_learning_rate_schedules():
 
 
 @pytest.mark.parametrize("optim", ["sgd", "adamw"])
-def test_optimisers_are_fused_on_a_gpu_unless_the_config_says(optim):
-    params = [torch.nn.Parameter(torch.ones(3))]
-
-    def fused(cuda: bool, *overrides: str) -> bool:
+def test_optimisers_are_fused_on_a_gpu_unless_the_config_or_a_grad_scaler_says(optim):
+    def built(cuda: bool, *overrides: str, precision: str = "bf16-mixed") -> dict:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", [f"optim={optim}", *overrides])
-        return build_optimizer(cfg, Device(cuda, "32-true", channels_last=False))(params).defaults["fused"]
+        module = build_module(cfg, torch.nn.Linear(2, 2), Device(cuda, precision, channels_last=False))
+        return module.optimizer(module.parameters()).defaults
 
-    assert fused(cuda=True) and not fused(cuda=False)
-    assert not fused(True, "+optim.fused=false") and fused(False, "+optim.fused=true")
+    assert built(cuda=True)["fused"] and not built(cuda=False)["fused"]
+    assert built(True, "+optim.fused=false")["fused"] is False and built(False, "+optim.fused=true")["fused"]
+    multi_tensor = built(True, "+optim.foreach=true")  # the user's pick; fused and foreach would conflict
+    assert multi_tensor["foreach"] and not multi_tensor["fused"]
+    assert not built(True, precision="16-mixed")["fused"]  # Lightning unscales only unfused optimisers
+    if optim == "sgd":  # an optimiser without a fused update builds as configured
+        assert "fused" not in built(True, "optim._target_=torch.optim.RMSprop", "~optim.nesterov")

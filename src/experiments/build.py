@@ -5,11 +5,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -73,17 +74,20 @@ def prepare_model(cfg: DictConfig, model: nn.Module, device: Device) -> nn.Modul
 
 
 def build_optimizer(cfg: DictConfig, device: Device) -> Callable[..., torch.optim.Optimizer]:
-    """cfg.optim as a function of the parameters. On a GPU the update is fused (one kernel for all
-    parameters) unless cfg.optim sets `fused`: with CUDA graphs a ResNet-56 step waits on the CPU, and on an
-    H200 the fused update cut the hand-written loop's step from 13.6-14.0 ms to 5.0-6.1 ms
-    (docs/performance.md)."""
+    """cfg.optim as a function of the parameters, with a fused update (one kernel for all parameters) on a
+    GPU: there a small net's step with CUDA graphs waits on the CPU, and the multi-tensor update was the
+    largest CPU cost a setting can remove (docs/performance.md). Not fused where cfg.optim picks the
+    implementation (`fused`, `foreach`), or under a GradScaler (precision 16): Lightning does not unscale
+    a fused optimiser's gradients before gradient clipping and the gradient-norm hook."""
     try:
-        optimizer = get_class(cfg.optim._target_)
-    except Exception as error:
-        raise UserError(f"optim: {error}") from None
-    if device.cuda and "fused" not in cfg.optim and "fused" in inspect.signature(optimizer).parameters:
-        return instantiate(cfg.optim, fused=True)
-    return instantiate(cfg.optim)
+        optimizer = instantiate(cfg.optim)
+    except InstantiationException as error:
+        raise UserError(f"optim: {error.__cause__ or error}") from None
+    chosen = {"fused", "foreach"} & set(cfg.optim)
+    scaled = device.precision.startswith("16")
+    if device.cuda and not chosen and not scaled and "fused" in inspect.signature(optimizer).parameters:
+        return partial(optimizer, fused=True)
+    return optimizer
 
 
 def build_module(cfg: DictConfig, model: nn.Module, device: Device):  # -> Classifier

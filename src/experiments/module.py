@@ -125,6 +125,17 @@ class Classifier(pl.LightningModule):
         self._steps.pop("train", None)  # left over if nothing logged the last epoch (log_epoch)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A saved optimiser state carries its update's implementation (fused, foreach), and loading it would
+        # override this run's: a run saved on a GPU (fused) could not resume on a CPU as configured, nor
+        # obey +optim.foreach=true. Lightning loads the optimiser state after this hook.
+        built = self.optimizer.keywords if isinstance(self.optimizer, partial) else {}
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state["param_groups"]:
+                for key in ("fused", "foreach"):
+                    if key in group:
+                        group[key] = built.get(key)
+
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer(self.parameters())
         factor = partial(lr_factor, total_steps=self.trainer.estimated_stepping_batches, **self.schedule)
