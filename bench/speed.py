@@ -281,13 +281,8 @@ def startup() -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--gpu", action="store_true", help="the GPU cases (bf16, channels_last, data on the GPU)"
-    )
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=5, help="steps at the start not timed")
+def add_compile_option(parser: argparse.ArgumentParser) -> None:
+    """--compile [MODE], as this script and step_profile.py take it."""
     parser.add_argument(
         "--compile",
         nargs="?",
@@ -295,6 +290,16 @@ def main() -> None:
         default="false",
         help="torch.compile every path (MODE: its mode)",
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--gpu", action="store_true", help="the GPU cases (bf16, channels_last, data on the GPU)"
+    )
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5, help="steps at the start not timed")
+    add_compile_option(parser)
     parser.add_argument("--cases", nargs="+", help="only these cases (default: all)")
     parser.add_argument(
         "--repeats", type=int, default=3, help="rounds of the three paths; medians over them count"
@@ -327,17 +332,18 @@ def main() -> None:
         ratios = [m[raw_loop] / m[project] for m in ms]
         lightning_ms = statistics.median(m[lightning_only] - m[raw_loop] for m in ms)
         ours_ms = statistics.median(m[project] - m[lightning_only] for m in ms)
+        throughput = {path: statistics.median(r[path]["throughput"] for r in rounds) for path in PATHS}
         line = (
             f"{name:<24} {cfg.dataset.batch_size:>5} "
-            + " ".join(f"{statistics.median(r[path]['throughput'] for r in rounds):>9,.0f}" for path in PATHS)
+            + " ".join(f"{throughput[path]:>9,.0f}" for path in PATHS)
             + f" {statistics.median(ratios):>6.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
             + f"  {lightning_ms + ours_ms:>9.2f} = {lightning_ms:.2f} + {ours_ms:.2f}"
         )
         if args.gpu:
             line += f"  {rounds[0][project]['peak'] / 1e6:,.0f} / {rounds[0][raw_loop]['peak'] / 1e6:,.0f}"
             if name == "resnet56":
-                throughput = statistics.median(r[project]["throughput"] for r in rounds)
-                line += f"  (He et al.'s 64k x 128 recipe: {HE_RECIPE_IMAGES / throughput / 60:.1f} min)"
+                minutes = HE_RECIPE_IMAGES / throughput[project] / 60
+                line += f"  (He et al.'s 64k x 128 recipe: {minutes:.1f} min)"
         print(line, flush=True)
     if not args.gpu:
         startup()

@@ -28,7 +28,15 @@ import warnings
 from pathlib import Path
 
 import torch
-from speed import CPU_CASES, GPU_CASES, LAUNCH_BOUND, PATHS, config, run  # bench/, this script's directory
+from speed import (  # bench/, this script's directory
+    CPU_CASES,
+    GPU_CASES,
+    LAUNCH_BOUND,
+    PATHS,
+    add_compile_option,
+    config,
+    run,
+)
 from torch._dynamo.utils import counters
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.profiler import ProfilerActivity, profile
@@ -193,13 +201,7 @@ def main() -> None:
         nargs="+",
         help=f"cases of bench/speed.py (default: resnet56 with --gpu, else {LAUNCH_BOUND})",
     )
-    parser.add_argument(
-        "--compile",
-        nargs="?",
-        const="true",
-        default="false",
-        help="torch.compile every path (MODE: its mode)",
-    )
+    add_compile_option(parser)
     parser.add_argument("--skip", type=int, default=10, help="optimiser steps before the window")
     parser.add_argument("--steps", type=int, default=20, help="optimiser steps in the window")
     parser.add_argument(
