@@ -126,6 +126,8 @@ BAD_INPUT = {
     "gpu that is not there": (["trainer=gpu"], "no CUDA GPU is visible here; use trainer=cpu"),
     "missing checkpoint": (["ckpt_path=/no/such.ckpt"], "ckpt_path: /no/such.ckpt does not exist"),
     "unknown compile mode": (["compile=fastest"], "compile must be false, true or a torch.compile mode"),
+    "cuda graph on a cpu": (["cuda_graph=true"], "cuda_graph=true needs a CUDA GPU; on a CPU leave it false"),
+    "cuda graph not a bool": (["cuda_graph=maybe"], "cuda_graph must be auto, true or false, got 'maybe'"),
     "unknown optimiser": (["optim._target_=torch.optim.Nope"], "optim: Error loading 'torch.optim.Nope'"),
     "malformed override": (
         ["arch.depth=[1"],

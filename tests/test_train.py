@@ -73,6 +73,7 @@ def test_run_learns_digits_and_writes_its_summary(resnet20_run):
     assert summary["params"] == sum(p.numel() for p in create_model("resnet20", in_channels=1).parameters())
     assert summary["epochs"] == 3
     assert summary["test_error"] < 0.10
+    assert summary["cuda_graph_steps"] == 0  # CUDA graphs are for GPUs
     assert 0 <= summary["train_error"] <= 1 and summary["val_loss"] > 0 and summary["wall_time_s"] > 0
     assert (run / "checkpoints" / "last.ckpt").stat().st_size > 100_000
     assert (run / ".hydra" / "config.yaml").exists()

@@ -50,7 +50,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 def compile_options(setting: Any) -> dict[str, str] | None:
     """torch.compile's arguments for the `compile` setting: false, true, or one of torch.compile's modes
-    (`reduce-overhead` replays each step as CUDA graphs: what small nets need on a GPU)."""
+    (`reduce-overhead` and `max-autotune` record CUDA graphs of their own, in place of cuda_graph's)."""
     if setting is False or setting is None:
         return None
     if setting is True:
@@ -90,13 +90,54 @@ def build_optimizer(cfg: DictConfig, device: Device) -> Callable[..., torch.opti
     return optimizer
 
 
+def use_cuda_graph(cfg: DictConfig, device: Device) -> bool:
+    """Whether training steps run as CUDA graphs. cuda_graph=auto: on one GPU where no other setting rules
+    it out; true: there, else a one-line error saying what rules it out."""
+    if not (isinstance(cfg.cuda_graph, bool) or cfg.cuda_graph == "auto"):
+        raise UserError(f"cuda_graph must be auto, true or false, got {cfg.cuda_graph!r}")
+    if cfg.cuda_graph is False:
+        return False
+    if obstacle := _cuda_graph_obstacle(cfg, device):
+        if cfg.cuda_graph is True:
+            raise UserError(f"cuda_graph=true {obstacle}")
+        return False
+    # auto leaves memory-efficient (checkpointed) nets eager: their checkpoints save and restore the RNG
+    # state, which is not known to work inside a capture
+    return cfg.cuda_graph is True or not cfg.arch.get("memory_efficient", False)
+
+
+def _cuda_graph_obstacle(cfg: DictConfig, device: Device) -> str | None:
+    """What in the config rules out CUDA graphs, in words, or None."""
+    trainer = cfg.trainer
+    if not device.cuda:
+        return "needs a CUDA GPU; on a CPU leave it false"
+    if cfg.compile in ("reduce-overhead", "max-autotune"):
+        return (
+            f"records the whole step as a graph; compile={cfg.compile} records graphs of its own: use "
+            "compile=true or compile=false with it"
+        )
+    if device.precision in ("16", "16-mixed"):
+        return (
+            f"works with precision bf16-mixed or 32-true, not {device.precision}: a GradScaler scales the "
+            "loss before a backward pass that the graph has already run"
+        )
+    placement = (trainer.get("devices"), trainer.get("num_nodes", 1), trainer.get("strategy", "auto"))
+    if placement != (1, 1, "auto"):
+        return "trains on one device (trainer.devices=1, no strategy)"
+    if trainer.get("accumulate_grad_batches", 1) != 1:
+        return "cannot accumulate gradients (trainer.accumulate_grad_batches)"
+    return None
+
+
 def build_module(cfg: DictConfig, model: nn.Module, device: Device):  # -> Classifier
     """The LightningModule around `model`, laid out and compiled for `device`."""
     from experiments.module import Classifier
 
+    cuda_graph = use_cuda_graph(cfg, device)
     model = prepare_model(cfg, model, device)
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
-    return Classifier(model, build_optimizer(cfg, device), schedule, channels_last=device.channels_last)
+    optimizer = build_optimizer(cfg, device)
+    return Classifier(model, optimizer, schedule, channels_last=device.channels_last, cuda_graph=cuda_graph)
 
 
 def _sweep_dir() -> str | None:

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from experiments.step_graph import GraphedBackward, StepGraph
+
 
 def lr_factor(
     step: int,
@@ -44,8 +46,11 @@ class Diverged(Exception):
 GPU_LOSS_CHECK_EVERY = 50
 
 
-class Classifier(pl.LightningModule):
-    """Trains `model` with cross-entropy; logs loss and accuracy per split and epoch, and the lr."""
+class Classifier(GraphedBackward, pl.LightningModule):
+    """Trains `model` with cross-entropy; logs loss and accuracy per split and epoch, and the lr.
+
+    With `cuda_graph`, training steps compute their gradients with a StepGraph (one CUDA graph a step).
+    """
 
     def __init__(
         self,
@@ -53,12 +58,14 @@ class Classifier(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         schedule: dict,
         channels_last: bool = False,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
         self.channels_last = channels_last
+        self.cuda_graph = cuda_graph
         # per split, this epoch's steps: mean loss and correct predictions (on the device), and images
         self._steps: dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]] = {}
 
@@ -67,14 +74,20 @@ class Classifier(pl.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
+    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's mean loss and its count of correct predictions."""
+        logits = self(images)
+        return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum()
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         images, labels = batch
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        if split == "train" and self.step_graph is not None:
+            loss, correct = self.step_graph(images, labels)
+        else:
+            loss, correct = self._loss(images, labels)
         # Kept per step and summed once an epoch (log_epoch), not logged with self.log every step: Lightning's
         # logging costs 2-3 ms of CPU a call, as long as a whole ResNet-56 step on a GPU with CUDA graphs; and
         # every tensor operation here is one more kernel launch per step.
-        correct = (logits.argmax(1) == labels).sum()
         self._steps.setdefault(split, []).append((loss.detach(), correct, len(labels)))
         return loss
 
@@ -93,6 +106,10 @@ class Classifier(pl.LightningModule):
         )
         loss_sum, correct, count = self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
         self.log_dict({f"{split}/loss": loss_sum / count, f"{split}/acc": correct / count})
+
+    def on_fit_start(self) -> None:
+        if self.cuda_graph:
+            self.step_graph = StepGraph(self._loss, self.parameters())
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -158,6 +158,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         val_loss=_float(final.get("val/loss")),
         **(measures[0].summary() if measures else {}),
         grad_norms=_grad_norms(record.rows, [name for name, _ in model.named_children()]),
+        cuda_graph_steps=module.step_graph.replays if module.step_graph else 0,
         wall_time_s=round(time.perf_counter() - started, 2),
     )
     if comet_run:
