@@ -46,12 +46,14 @@ from experiments.build import (
     build_optimizer,
     prepare_model,
     resolve_device,
+    use_cuda_graph,
 )
 from experiments.data.arrays import TensorBatches
 from experiments.logging.noise import silence_library_noise
 from experiments.measure.cost import TrainingCost
 from experiments.measure.memory import PeakMemory
 from experiments.module import lr_factor
+from experiments.step_graph import GraphedBackward, StepGraph
 from experiments.train import train
 
 SYNTHETIC = ["dataset=synthetic", "dataset.train_size=1024"]
@@ -148,6 +150,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     scheduler: LambdaLR
     batches: TensorBatches
+    step_graph: StepGraph | None  # where cuda_graph is on: forward, loss and backward as one CUDA graph
 
 
 def set_up(cfg: DictConfig) -> Setup:
@@ -168,7 +171,10 @@ def set_up(cfg: DictConfig) -> Setup:
         if settings.precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
-    return Setup(device, settings, autocast, model, optimizer, scheduler, batches)
+    step_graph = None
+    if use_cuda_graph(cfg, settings):
+        step_graph = StepGraph(lambda x, y: (F.cross_entropy(model(x), y),), model.parameters())
+    return Setup(device, settings, autocast, model, optimizer, scheduler, batches, step_graph)
 
 
 def raw_loop(cfg: DictConfig) -> dict:
@@ -183,10 +189,14 @@ def raw_loop(cfg: DictConfig) -> dict:
             clock.before_step()
             if setup.settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with setup.autocast:
-                loss = F.cross_entropy(setup.model(x), y)
-            setup.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if setup.step_graph is not None:
+                with setup.autocast:
+                    setup.step_graph(x, y)
+            else:
+                with setup.autocast:
+                    loss = F.cross_entropy(setup.model(x), y)
+                setup.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             setup.optimizer.step()
             setup.scheduler.step()
             clock.after_step(len(y))
@@ -194,17 +204,20 @@ def raw_loop(cfg: DictConfig) -> dict:
     return {"throughput": clock.throughput, "peak": memory.stop()}
 
 
-class LightningOnly(pl.LightningModule):
+class LightningOnly(GraphedBackward, pl.LightningModule):
     """The hand-written loop's step as a LightningModule: Lightning's loop with nothing of the project's."""
 
     def __init__(self, setup: Setup) -> None:
         super().__init__()
         self.model, self.raw = setup.model, setup  # not self.setup: a Lightning hook
+        self.step_graph = setup.step_graph
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         if self.raw.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.step_graph is not None:
+            return self.step_graph(x, y)[0]
         return F.cross_entropy(self.model(x), y)
 
     def configure_optimizers(self) -> dict:
@@ -281,8 +294,8 @@ def startup() -> None:
     )
 
 
-def add_compile_option(parser: argparse.ArgumentParser) -> None:
-    """--compile [MODE], as this script and step_profile.py take it."""
+def add_step_options(parser: argparse.ArgumentParser) -> None:
+    """--compile [MODE] and --cuda-graph, as this script and step_profile.py take them."""
     parser.add_argument(
         "--compile",
         nargs="?",
@@ -290,6 +303,16 @@ def add_compile_option(parser: argparse.ArgumentParser) -> None:
         default="false",
         help="torch.compile every path (MODE: its mode)",
     )
+    parser.add_argument(
+        "--cuda-graph",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="every path's cuda_graph setting (auto: on the GPU, a step as one graph)",
+    )
+
+
+def step_overrides(args: argparse.Namespace) -> list[str]:
+    return [f"compile={args.compile}", f"cuda_graph={args.cuda_graph}"]
 
 
 def main() -> None:
@@ -299,7 +322,7 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5, help="steps at the start not timed")
-    add_compile_option(parser)
+    add_step_options(parser)
     parser.add_argument("--cases", nargs="+", help="only these cases (default: all)")
     parser.add_argument(
         "--repeats", type=int, default=3, help="rounds of the three paths; medians over them count"
@@ -310,16 +333,15 @@ def main() -> None:
     cases = GPU_CASES if args.gpu else CPU_CASES
     cases = {name: overrides for name, overrides in cases.items() if name in (args.cases or cases)}
     device = torch.cuda.get_device_name() if args.gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__} on {device}, compile={args.compile}")
+    print(f"torch {torch.__version__} on {device}, {' '.join(step_overrides(args))}")
     print(
         f"{'case':<24} {'batch':>5} {'project':>9} {'Lightning':>9} {'raw loop':>9} {'ratio (range)':>18}"
         f"  {'extra ms/step: Lightning + ours':>31}" + ("  peak MB project / raw" if args.gpu else "")
     )
     print(f"{'':<24} {'':>5} {'img/s':>9} {'only':>9} {'img/s':>9}")
     for name, overrides in cases.items():
-        extra = ["trainer=gpu"] if args.gpu else ["trainer=cpu"]
-        extra += [f"compile={args.compile}"]
-        cfg = config([*overrides, *extra], args.epochs, args.warmup)
+        trainer = "trainer=gpu" if args.gpu else "trainer=cpu"
+        cfg = config([*overrides, trainer, *step_overrides(args)], args.epochs, args.warmup)
         rounds = []
         for repeat in range(args.repeats):
             turn = repeat % len(PATHS)

@@ -10,7 +10,7 @@ here are for comparing paths with each other, not for throughput (bench/speed.py
 stops soon after the window: synthetic data is cut to the steps needed.
 
 Usage: python bench/step_profile.py                    CPU, the launch-bound case
-       python bench/step_profile.py --gpu --cases resnet56 --compile reduce-overhead
+       python bench/step_profile.py --gpu --cases resnet56 --compile
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from speed import (  # bench/, this script's directory
     GPU_CASES,
     LAUNCH_BOUND,
     PATHS,
-    add_compile_option,
+    add_step_options,
     config,
     run,
+    step_overrides,
 )
 from torch._dynamo.utils import counters
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -201,7 +202,7 @@ def main() -> None:
         nargs="+",
         help=f"cases of bench/speed.py (default: resnet56 with --gpu, else {LAUNCH_BOUND})",
     )
-    add_compile_option(parser)
+    add_step_options(parser)
     parser.add_argument("--skip", type=int, default=10, help="optimiser steps before the window")
     parser.add_argument("--steps", type=int, default=20, help="optimiser steps in the window")
     parser.add_argument(
@@ -221,9 +222,9 @@ def main() -> None:
         _init_for_cuda_graphs()  # CUPTI set up before any CUDA graph is captured, or graphs may go unseen
     device = torch.cuda.get_device_name() if args.gpu else f"CPU, {torch.get_num_threads()} threads"
     steps = f"steps {args.skip + 1}-{args.skip + args.steps}"
-    print(f"torch {torch.__version__} on {device}, compile={args.compile}, {steps}")
+    print(f"torch {torch.__version__} on {device}, {' '.join(step_overrides(args))}, {steps}")
     for name in names:
-        overrides = [*cases[name], "trainer=gpu" if args.gpu else "trainer=cpu", f"compile={args.compile}"]
+        overrides = [*cases[name], "trainer=gpu" if args.gpu else "trainer=cpu", *step_overrides(args)]
         # no timing warm-up: the raw loop's stopwatch would sync the device at the window's first step
         cfg = config(overrides, args.epochs, warmup=0)
         if "train_size" in cfg.dataset:  # synthetic: no steps after the window but the epoch's last
