@@ -94,9 +94,8 @@ class StepGraph:
     def _replay(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self.images.copy_(images)
         self.labels.copy_(labels)
-        # an eager step since (an epoch's short batch, or anyone's) gave the params other gradients
-        if any(p.grad is not grad for p, grad in zip(self.params, self.grads, strict=True)):
-            for p, grad in zip(self.params, self.grads, strict=True):
+        for p, grad in zip(self.params, self.grads, strict=True):
+            if p.grad is not grad:  # an eager step since (a short batch's, or anyone's) replaced it
                 p.grad = grad
         self.graph.replay()
         self.replays += 1
