@@ -17,18 +17,17 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from experiments.app import CONF_DIR
-from experiments.build import resolve_device
-from experiments.logging.noise import silence_library_noise
+from experiments.commands.profile import profile
+from experiments.commands.train import train
+from experiments.config import compose
+from experiments.device import resolve_device
 from experiments.measure.counts import activation_bytes
-from experiments.measure.profile import profile
 from experiments.models import create_model
 from experiments.report.plots import exponent
-from experiments.train import train
+from experiments.tracking.noise import silence_library_noise
 
-PROFILE_SWEEPS = [  # issue 4: each under 3 minutes on a 2-core CPU, every key filled
+PROFILE_SWEEPS = [  # the README's profile sweeps; each should take under 3 minutes on a 2-core CPU
     ["arch=densenet_bc", "arch.depth=40,100,190", "arch.memory_efficient=false,true"],
     ["arch=resnet", "arch.depth=20,56,110"],
 ]
@@ -46,8 +45,7 @@ BATCH = 64
 
 
 def config(command: str, *overrides: str, logger: str = "none"):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(command, [f"logger={logger}", *overrides])
+    return compose(command, [f"logger={logger}", *overrides])
 
 
 def activation_table() -> None:
@@ -83,13 +81,13 @@ def efficient_step_cost(steps: int, out: Path) -> None:
         times[efficient] = profile(cfg, out / f"efficient-{efficient}")
     naive, efficient = times[False], times[True]
     device = resolve_device(config("profile")).name
-    time_cost = efficient["step_time_ms"] / naive["step_time_ms"] - 1
-    memory_cost = efficient["peak_memory_bytes"] / naive["peak_memory_bytes"] - 1
+    time_cost = efficient.step_time_ms / naive.step_time_ms - 1
+    memory_cost = efficient.peak_memory_bytes / naive.peak_memory_bytes - 1
     print(
-        f"DenseNet-BC-100 training step on {device}, batch {BATCH}: naive {naive['step_time_ms']:.0f} ms, "
-        f"peak {naive['peak_memory_bytes'] / 1e9:.2f} GB; "
-        f"memory-efficient {efficient['step_time_ms']:.0f} ms ({time_cost:+.0%}), "
-        f"peak {efficient['peak_memory_bytes'] / 1e9:.2f} GB ({memory_cost:+.0%})"
+        f"DenseNet-BC-100 training step on {device}, batch {BATCH}: naive {naive.step_time_ms:.0f} ms, "
+        f"peak {naive.peak_memory_bytes / 1e9:.2f} GB; "
+        f"memory-efficient {efficient.step_time_ms:.0f} ms ({time_cost:+.0%}), "
+        f"peak {efficient.peak_memory_bytes / 1e9:.2f} GB ({memory_cost:+.0%})"
         "  [Pleiss et al., GPU: +25% time, -44% memory]"
     )
 

@@ -34,27 +34,19 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
-from experiments.app import CONF_DIR
-from experiments.build import (
-    Device,
-    build_datamodule,
-    build_model,
-    build_optimizer,
-    prepare_model,
-    resolve_device,
-    use_cuda_graph,
-)
+from experiments.build import build_datamodule, build_model, build_trainer
+from experiments.commands.train import train
+from experiments.config import compose
 from experiments.data.arrays import TensorBatches
-from experiments.logging.noise import silence_library_noise
+from experiments.device import Device, build_optimizer, prepare_model, resolve_device, use_cuda_graph
 from experiments.measure.cost import TrainingCost
 from experiments.measure.memory import PeakMemory
 from experiments.module import lr_factor
 from experiments.step_graph import GraphedBackward, StepGraph
-from experiments.train import train
+from experiments.tracking.noise import silence_library_noise
 
 SYNTHETIC = ["dataset=synthetic", "dataset.train_size=1024"]
 LAUNCH_BOUND = "resnet8, 8 px, batch 2"
@@ -85,25 +77,24 @@ HE_RECIPE_IMAGES = 64_000 * 128  # ResNet-56, He et al.: 64k iterations at batch
 
 
 def config(overrides: list[str], epochs: int, warmup: int) -> DictConfig:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "train",
-            [
-                *overrides,
-                "logger=none",
-                f"trainer.max_epochs={epochs}",
-                f"measure.warmup_steps={warmup}",
-                "+trainer.limit_val_batches=0",
-                "+trainer.num_sanity_val_steps=0",
-            ],
-        )
+    return compose(
+        "train",
+        [
+            *overrides,
+            "logger=none",
+            f"trainer.max_epochs={epochs}",
+            f"measure.warmup_steps={warmup}",
+            "+trainer.limit_val_batches=0",
+            "+trainer.num_sanity_val_steps=0",
+        ],
+    )
 
 
 def project(cfg: DictConfig) -> dict:
     # stdout is no terminal here, as under CI or SLURM: no progress bar redrawn every step
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
-        summary = train(cfg, Path(run_dir))
-    return {"throughput": summary["throughput"], "peak": summary["peak_memory_bytes"]}
+        record = train(cfg, Path(run_dir))
+    return {"throughput": record.throughput, "peak": record.peak_memory_bytes}
 
 
 class Stopwatch:
@@ -140,7 +131,7 @@ class Stopwatch:
 
 
 @dataclass
-class Setup:
+class HandWritten:
     """What a hand-written loop sets up: the model on its device, its optimiser and schedule, the batches."""
 
     device: torch.device
@@ -153,7 +144,7 @@ class Setup:
     step_graph: StepGraph | None  # where cuda_graph is on: forward, loss and backward as one CUDA graph
 
 
-def set_up(cfg: DictConfig) -> Setup:
+def hand_written(cfg: DictConfig) -> HandWritten:
     torch.manual_seed(cfg.seed)
     settings = resolve_device(cfg)
     device = torch.device("cuda" if settings.cuda else "cpu")
@@ -174,12 +165,12 @@ def set_up(cfg: DictConfig) -> Setup:
     step_graph = None
     if use_cuda_graph(cfg, settings):
         step_graph = StepGraph(lambda x, y: (F.cross_entropy(model(x), y),), model.parameters())
-    return Setup(device, settings, autocast, model, optimizer, scheduler, batches, step_graph)
+    return HandWritten(device, settings, autocast, model, optimizer, scheduler, batches, step_graph)
 
 
 def raw_loop(cfg: DictConfig) -> dict:
     """The same training, written out by hand: the loop a careful PyTorch user would write."""
-    setup = set_up(cfg)
+    setup = hand_written(cfg)
     clock = Stopwatch(cfg.measure.warmup_steps, setup.device.type == "cuda")
     memory = PeakMemory(setup.device)
     memory.start()
@@ -207,39 +198,36 @@ def raw_loop(cfg: DictConfig) -> dict:
 class LightningOnly(GraphedBackward, pl.LightningModule):
     """The hand-written loop's step as a LightningModule: Lightning's loop with nothing of the project's."""
 
-    def __init__(self, setup: Setup) -> None:
+    def __init__(self, loop: HandWritten) -> None:
         super().__init__()
-        self.model, self.raw = setup.model, setup  # not self.setup: a Lightning hook
-        self.step_graph = setup.step_graph
+        self.model, self.loop = loop.model, loop  # not self.setup: a Lightning hook
+        self.step_graph = loop.step_graph
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        if self.raw.settings.channels_last:
+        if self.loop.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.step_graph is not None:
             return self.step_graph(x, y)[0]
         return F.cross_entropy(self.model(x), y)
 
     def configure_optimizers(self) -> dict:
-        scheduler = {"scheduler": self.raw.scheduler, "interval": "step"}
-        return {"optimizer": self.raw.optimizer, "lr_scheduler": scheduler}
+        scheduler = {"scheduler": self.loop.scheduler, "interval": "step"}
+        return {"optimizer": self.loop.optimizer, "lr_scheduler": scheduler}
 
 
 def lightning_only(cfg: DictConfig) -> dict:
     """The hand-written loop's training under Lightning's Trainer, with every optional feature off and
     the project's clock."""
-    setup = set_up(cfg)
+    setup = hand_written(cfg)
     clock = TrainingCost(cfg.measure.warmup_steps)
-    trainer = pl.Trainer(
+    trainer = build_trainer(
+        None,
         accelerator=setup.device.type,
         devices=1,
         precision=setup.settings.precision,
         max_epochs=cfg.trainer.max_epochs,
-        logger=False,
         callbacks=[clock],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )

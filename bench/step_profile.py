@@ -43,7 +43,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.profiler import ProfilerActivity, profile
 from torch.profiler._utils import _init_for_cuda_graphs
 
-from experiments.logging.noise import silence_library_noise
+from experiments.tracking.noise import silence_library_noise
 
 SYNCS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 

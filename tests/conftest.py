@@ -1,35 +1,80 @@
-"""Fixtures shared by the tests."""
+"""Fixtures: a user's working directory, the CLI run in-process in it, and runs trained once per session."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from experiments.__main__ import main
+from tests.helpers import FOREIGN_ENV, Result, run_dirs
+
+Cli = Callable[..., Result]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run only where a CUDA GPU is; each other test runs everywhere."""
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def _as_user(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """Work in `root` as a user with no Comet key and no datasets (only digits and synthetic work)."""
+    (root / "home").mkdir(exist_ok=True)
+    mp.chdir(root)
+    mp.setenv("HOME", str(root / "home"))
+    mp.setenv("EXPERIMENTS_DATA_DIR", str(root / "data"))
+    for name in FOREIGN_ENV:
+        mp.delenv(name, raising=False)
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    """An empty directory to run the CLI in, as a user's project folder."""
-    (tmp_path / "home").mkdir()
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty directory, the current one, as a user's project folder."""
+    _as_user(monkeypatch, tmp_path)
     return tmp_path
 
 
+@pytest.fixture
+def cli(workdir: Path, capsys: pytest.CaptureFixture) -> Cli:
+    """`experiments ARGS` in-process in `workdir` (the console script's own main), what it printed."""
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        status = main(list(args))
+        out, err = capsys.readouterr()
+        return Result(status, out, err)
+
+    return run
+
+
 @pytest.fixture(scope="session")
-def digits_sweep(tmp_path_factory) -> tuple[Path, str]:
-    """`train -m arch=plain,resnet arch.depth=20,32 dataset=digits trainer.max_epochs=1`, run once: its
-    workdir and stdout."""
-    workdir = tmp_path_factory.mktemp("sweep")
-    (workdir / "home").mkdir()
-    result = run_cli(
-        "train",
-        "-m",
-        "arch=plain,resnet",
-        "arch.depth=20,32",
-        "dataset=digits",
-        "trainer.max_epochs=1",
-        cwd=workdir,
-    )
-    assert result.returncode == 0, result.stderr
-    return workdir, result.stdout
+def session_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path, list[str]], None]]:
+    """Runs a command in-process in a directory of its own, for fixtures shared by a session; it must
+    succeed."""
+
+    def run(root: Path, args: list[str]) -> None:
+        with pytest.MonkeyPatch.context() as mp:
+            _as_user(mp, root)
+            assert main(args) == 0, args
+
+    yield run
+
+
+TINY = ["dataset=digits", "trainer.max_epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def digits_sweep(tmp_path_factory, session_cli) -> Path:
+    """`train -m arch=plain,resnet arch.depth=8,14 dataset=digits trainer.max_epochs=1`, run once: its root
+    (the sweep is under multirun/)."""
+    root = tmp_path_factory.mktemp("sweep")
+    session_cli(root, ["train", "-m", "arch=plain,resnet", "arch.depth=8,14", *TINY])
+    assert len(run_dirs(root / "multirun")) == 4
+    return root

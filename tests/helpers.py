@@ -1,4 +1,4 @@
-"""Test helpers: run the real CLI in a subprocess, read Comet's offline archives."""
+"""Test helpers: the CLI in-process and in a subprocess, Comet's offline archives, run directories."""
 
 from __future__ import annotations
 
@@ -7,20 +7,30 @@ import os
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+# a user's environment has none of these: no Comet key or server, no Hydra or project switches
+FOREIGN_ENV = (
+    "COMET_API_KEY",
+    "COMET_URL_OVERRIDE",
+    "COMET_WORKSPACE",
+    "COMET_PROJECT_NAME",
+    "HYDRA_FULL_ERROR",
+)
 
 
-def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """The environment of a user with no Comet key, no Comet config file and no datasets."""
+def clean_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user with no Comet key, no Comet config file and no datasets, for a subprocess."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMET_", "HYDRA_", "EXPERIMENTS_"))}
-    env.update(HOME=str(tmp_path / "home"), EXPERIMENTS_DATA_DIR=str(tmp_path / "data"), **extra)
+    env.update(HOME=str(root / "home"), EXPERIMENTS_DATA_DIR=str(root / "data"), **extra)
     return env
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600):
-    """`python -m experiments ARGS` in `cwd`, as a user types it."""
+    """`python -m experiments ARGS` in `cwd` in a subprocess, as a user types it."""
     return subprocess.run(
         [sys.executable, "-m", "experiments", *args],
         cwd=cwd,
@@ -29,6 +39,22 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
         text=True,
         timeout=timeout,
     )
+
+
+@dataclass
+class Result:
+    """What an in-process command returned and printed."""
+
+    status: int
+    out: str
+    err: str
+
+    def error_line(self) -> str:
+        """The one line a refused command prints (and nothing else: no traceback)."""
+        assert "Traceback" not in self.out + self.err, self.err
+        (line,) = self.err.strip().splitlines()
+        assert line.startswith("error: "), line
+        return line
 
 
 def archive_messages(archive: Path) -> list[dict]:
@@ -57,3 +83,7 @@ def archive_params(archive: Path) -> dict[str, object]:
 def run_dirs(root: Path) -> list[Path]:
     """Every run directory under `root` (one holding .hydra/), sorted."""
     return sorted(p.parent for p in root.rglob(".hydra"))
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())

@@ -1,18 +1,23 @@
-"""The model zoo: parameter counts against the papers and torchvision, structure, options, errors."""
+"""The model zoo: parameter counts against the papers and torchvision, torchvision's names and weights,
+old checkpoints, the recomputing (memory-efficient) forms, the block list, errors."""
 
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from experiments import specs
 from experiments.measure.counts import activation_bytes
 from experiments.models import create_model, list_models
+from experiments.models.legacy import migrate
+from tests.helpers import FIXTURES
 
 IMAGENET = {"num_classes": 1000, "image_size": 224}
-SLOW_PRESETS = {"resnet1202", "densenet264", "densenet_bc190"}
+SLOW_PRESETS = {"resnet1202", "densenet264", "densenet_bc190", "densenet_bc250"}
 
 
 def n_params(model: nn.Module) -> int:
@@ -24,18 +29,7 @@ def meta_model(name: str, **kw: object) -> nn.Module:
         return create_model(name, **kw)
 
 
-def tv_params(name: str) -> int:
-    with torch.device("meta"):
-        return n_params(getattr(torchvision.models, name)())
-
-
-def forward_backward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    out.sum().backward()
-    return out
-
-
-def test_parameter_counts() -> None:
+def test_parameter_counts_match_the_papers_and_torchvision() -> None:
     paper = [
         ("resnet20", {}, 269_722),
         ("resnet32", {}, 464_154),
@@ -47,7 +41,9 @@ def test_parameter_counts() -> None:
         ("densenet_bc100", {}, 769_162),
         ("densenet121", IMAGENET, 7_978_856),
     ]
-    torchvision_nets = [
+    for name, kw, expected in paper:
+        assert n_params(meta_model(name, **kw)) == expected, name
+    for name in (
         "resnet18",
         "resnet34",
         "resnet50",
@@ -55,120 +51,173 @@ def test_parameter_counts() -> None:
         "densenet161",
         "densenet169",
         "densenet201",
-    ]
-    rows = [(name, n_params(meta_model(name, **kw)), ref, 0.005) for name, kw, ref in paper]
-    rows += [
-        (f"{name} (torchvision)", n_params(meta_model(name, **IMAGENET)), tv_params(name), 0.0)
-        for name in torchvision_nets
-    ]
+    ):
+        with torch.device("meta"):
+            theirs = getattr(torchvision.models, name)()
+        assert n_params(meta_model(name, **IMAGENET)) == n_params(theirs), name
 
-    print(f"\n{'net':<26}{'ours':>12}{'reference':>12}{'diff %':>9}")
-    for name, ours, ref, _ in rows:
-        print(f"{name:<26}{ours:>12,}{ref:>12,}{100 * (ours - ref) / ref:>9.3f}")
-    bad = [(name, ours, ref) for name, ours, ref, tol in rows if abs(ours - ref) > tol * ref]
-    assert not bad, bad
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet152", "densenet121", "densenet161"])
+def test_imagenet_nets_have_torchvisions_names_and_shapes(name: str) -> None:
+    with torch.device("meta"):
+        ours, theirs = (
+            create_model(name, **IMAGENET).state_dict(),
+            getattr(torchvision.models, name)().state_dict(),
+        )
+    assert list(ours) == list(theirs)
+    assert all(ours[k].shape == theirs[k].shape for k in ours)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "densenet121"])
+def test_a_torchvision_state_dict_loads_and_computes_what_torchvision_does(name: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    theirs = getattr(torchvision.models, name)().eval()
+    for module in theirs.modules():  # running statistics that are not the identity
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    torch.save(theirs.state_dict(), tmp_path / "weights.pth")
+    ours = create_model(name, pretrained=str(tmp_path / "weights.pth"), **IMAGENET).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
+    # other classes: the backbone's weights, a fresh classifier; small images keep the ImageNet stem
+    ten = create_model(name, pretrained=str(tmp_path / "weights.pth"), num_classes=10, image_size=32)
+    assert ten.spec.stem == "imagenet" and ten.blocks()[-1].name in ("fc", "classifier")
+    first_conv = "conv1.weight" if name.startswith("resnet") else "features.conv0.weight"
+    torch.testing.assert_close(ten.state_dict()[first_conv], theirs.state_dict()[first_conv])
+
+
+def test_pretrained_weights_refuse_what_does_not_fit(tmp_path) -> None:
+    torch.save(create_model("resnet18", **IMAGENET).state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(ValueError, match=r"do not fit resnet34: layer1\.2\.bn1\.bias is missing"):
+        create_model("resnet34", pretrained=str(tmp_path / "resnet18.pth"), **IMAGENET)
+    with pytest.raises(ValueError, match=r"ImageNet-form nets with the ImageNet stem, not resnet20"):
+        create_model("resnet20", pretrained=str(tmp_path / "resnet18.pth"))
+    with pytest.raises(ValueError, match="is not a file"):
+        create_model("resnet18", pretrained=str(tmp_path / "nothing.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a state dict")
+    with pytest.raises(ValueError, match="is not a PyTorch state dict"):
+        create_model("resnet18", pretrained=str(tmp_path / "junk.pth"))
+
+
+def test_torchvision_weights_offline_say_which_file_goes_where(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(
+        torch.hub, "load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(OSError("offline"))
+    )
+    with pytest.raises(ValueError) as error:
+        create_model("resnet18", pretrained="torchvision", **IMAGENET)
+    message = str(error.value)
+    assert (
+        f"{tmp_path}/torch/hub/checkpoints/resnet18-" in message
+        and "fetch https://download.pytorch.org/" in message
+    )
+
+
+LEGACY = torch.load(FIXTURES / "legacy_models.pt", weights_only=False)
+
+
+@pytest.mark.parametrize("case", list(LEGACY["models"]))
+def test_state_dicts_saved_with_the_old_names_load_and_compute_the_same(case: str) -> None:
+    """Saved before the nets took torchvision's names (`stage1.0.body.3.weight`): renamed on load, the
+    same outputs on the same input."""
+    saved = LEGACY["models"][case]
+    model = create_model(saved["name"], in_channels=1, image_size=8, **saved["kwargs"]).eval()
+    model.load_state_dict(migrate(saved["state_dict"]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(saved["input"]), saved["output"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(LEGACY["imagenet_keys"]))
+def test_old_imagenet_names_map_onto_the_new_ones(name: str) -> None:
+    renamed = list(migrate(dict.fromkeys(LEGACY["imagenet_keys"][name])))
+    assert renamed == list(meta_model(name, **IMAGENET).state_dict())
 
 
 def shapes(model: nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
-def layout_without_shortcuts(model: nn.Module) -> list[tuple[str, str]]:
-    return [(name, type(m).__name__) for name, m in model.named_modules() if "shortcut" not in name]
-
-
-@pytest.mark.parametrize("depth", [20, 32, 44, 56, 110])
+@pytest.mark.parametrize("depth", [20, 56, 110])
 def test_plain_and_option_a_resnet_differ_only_in_shortcuts(depth: int) -> None:
-    res, pl = meta_model("resnet", depth=depth), meta_model("plain", depth=depth)
-    assert (res.arch, pl.arch, res.depth, pl.depth) == ("resnet", "plain", depth, depth)
-    assert n_params(res) == n_params(pl)
-    assert shapes(res) == shapes(pl)
-    assert layout_without_shortcuts(res) == layout_without_shortcuts(pl)
-    assert any("shortcut" in name for name, _ in res.named_modules())
-    assert not any("shortcut" in name for name, _ in pl.named_modules())
+    res, plain = meta_model("resnet", depth=depth), meta_model("plain", depth=depth)
+    assert (res.arch, plain.arch, res.depth, plain.depth) == ("resnet", "plain", depth, depth)
+    assert shapes(res) == shapes(plain)  # option A's shortcuts have no weights
+    assert [b.kind for b in res.blocks()[1:-1]] == ["residual"] * (3 * (depth - 2) // 6)
+    assert {b.kind for b in plain.blocks()[1:-1]} == {"plain"}
+    downsampling = [b.name for b in plain.blocks() if b.downsamples]
+    assert downsampling == ["layer2.0", "layer3.0"]
 
 
-@pytest.mark.parametrize(
-    ("resnet_kw", "plain_kw", "projections"),
-    [
-        (
-            {"name": "resnet", "depth": 20, "shortcut": "B"},
-            {"name": "plain", "depth": 20},
-            [(16, 32), (32, 64)],
-        ),
-        ({"name": "resnet18"}, {"name": "plain18"}, [(64, 128), (128, 256), (256, 512)]),
-    ],
-)
-def test_option_b_adds_exactly_the_projections(
-    resnet_kw: dict, plain_kw: dict, projections: list[tuple[int, int]]
-) -> None:
-    res, pl = meta_model(**resnet_kw), meta_model(**plain_kw)
-    res_shapes, pl_shapes = shapes(res), shapes(pl)
-    extra = {k: v for k, v in res_shapes.items() if k not in pl_shapes}
-    assert all("shortcut" in k for k in extra)
-    assert {k: v for k, v in res_shapes.items() if k in pl_shapes} == pl_shapes
-    # 1x1 conv weights plus BN weight and bias
-    assert n_params(res) - n_params(pl) == sum(cin * cout + 2 * cout for cin, cout in projections)
-    assert layout_without_shortcuts(res) == layout_without_shortcuts(pl)
+def test_option_b_adds_exactly_the_projections() -> None:
+    res, plain = meta_model("resnet", depth=20, shortcut="B"), meta_model("plain", depth=20)
+    extra = {k: v for k, v in shapes(res).items() if k not in shapes(plain)}
+    assert sorted(extra) == sorted(
+        f"layer{i}.0.downsample.{part}"
+        for i in (2, 3)
+        for part in (
+            "0.weight",
+            "1.weight",
+            "1.bias",
+            "1.running_mean",
+            "1.running_var",
+            "1.num_batches_tracked",
+        )
+    )
+    assert n_params(res) - n_params(plain) == sum(cin * cout + 2 * cout for cin, cout in [(16, 32), (32, 64)])
 
 
 def test_zero_init_residual() -> None:
-    last_bns = [m.body[-1].weight for m in create_model("resnet20", zero_init_residual=True).stage2]
-    assert all(torch.count_nonzero(w) == 0 for w in last_bns)
-    plain_bns = [m.body[-1].weight for m in create_model("plain20", zero_init_residual=True).stage2]
-    assert all(torch.all(w == 1) for w in plain_bns)
+    assert all(
+        torch.count_nonzero(b.bn2.weight) == 0
+        for b in create_model("resnet20", zero_init_residual=True).layer2
+    )
+    assert all(torch.all(b.bn2.weight == 1) for b in create_model("plain20", zero_init_residual=True).layer2)
 
 
 def loss_and_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    loss = nn.functional.cross_entropy(model(x), y)
+    loss = F.cross_entropy(model(x), y)
     loss.backward()
     return loss
 
 
-@pytest.mark.parametrize("name", ["densenet", "densenet_bc"])
-def test_memory_efficient_densenet_matches_naive(name: str) -> None:
+@pytest.mark.parametrize(("name", "depth"), [("densenet", 40), ("densenet_bc", 40), ("resnet", 20)])
+def test_memory_efficient_nets_train_exactly_as_naive_ones(name: str, depth: int) -> None:
+    """The same loss, gradients and batch-norm running statistics after a step (a recomputation in backward
+    must not count the batch twice), for less memory held."""
     torch.manual_seed(0)
-    naive = create_model(name, depth=40, growth_rate=12).train()
-    efficient = create_model(name, depth=40, growth_rate=12, memory_efficient=True).train()
+    naive = create_model(name, depth=depth).train()
+    efficient = create_model(name, depth=depth, memory_efficient=True).train()
     efficient.load_state_dict(naive.state_dict())
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-
     torch.testing.assert_close(
         loss_and_backward(efficient, x, y), loss_and_backward(naive, x, y), rtol=0, atol=1e-5
     )
-    for (param_name, p), q in zip(naive.named_parameters(), efficient.parameters(), strict=True):
-        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=1e-5, msg=param_name)
-    # and it holds less for backward (Pleiss et al. report -44% for DenseNet-BC-100; shallow nets save less)
-    assert activation_bytes(efficient, x.shape) < 0.75 * activation_bytes(naive, x.shape)
+    for (key, p), q in zip(naive.named_parameters(), efficient.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=1e-5, msg=key)
+    for key, value in naive.state_dict().items():
+        torch.testing.assert_close(efficient.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+    assert activation_bytes(efficient, x.shape) < 0.8 * activation_bytes(naive, x.shape)
 
 
 def preset_params() -> list:
-    return [
-        pytest.param(name, marks=pytest.mark.slow) if name in SLOW_PRESETS else name for name in list_models()
-    ]
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PRESETS else n for n in list_models()]
 
 
 @pytest.mark.parametrize("name", preset_params())
 def test_every_model_trains_at_32px(name: str) -> None:
     model = create_model(name, num_classes=7)
-    out = forward_backward(model, torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, 7)
-    assert all(p.grad is not None for p in model.parameters())
+    out = model(torch.randn(2, 3, 32, 32))
+    out.sum().backward()
+    assert out.shape == (2, 7) and all(p.grad is not None for p in model.parameters())
 
 
-IMAGENET_PRESETS = ["plain18", "plain34", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
-IMAGENET_PRESETS += ["densenet121", "densenet161", "densenet169", "densenet201", "densenet264"]
-FAST_224 = {"resnet18", "plain18", "densenet121"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(name, marks=() if name in FAST_224 else pytest.mark.slow) for name in IMAGENET_PRESETS],
-)
+@pytest.mark.parametrize("name", ["resnet18", "densenet121"])
 def test_imagenet_forms_at_224px(name: str) -> None:
     model = create_model(name, **IMAGENET)
-    assert model.stem_type == "imagenet"
-    assert forward_backward(model, torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    assert model.spec.stem == "imagenet"
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
 
 
 @pytest.mark.parametrize("size", [8, 28])
@@ -177,46 +226,31 @@ def test_imagenet_forms_at_224px(name: str) -> None:
 )
 def test_one_channel_small_inputs(name: str, size: int) -> None:
     model = create_model(name, in_channels=1, image_size=size)
-    assert forward_backward(model, torch.randn(2, 1, size, size)).shape == (2, 10)
+    assert model(torch.randn(2, 1, size, size)).shape == (2, 10)
 
 
-def test_stem_follows_image_size() -> None:
+def test_the_stem_is_an_explicit_choice() -> None:
+    """auto keeps the ImageNet form's 7x7 conv and max-pool above 64 px; `stem` chooses."""
     big, small = meta_model("resnet18", image_size=224), meta_model("resnet18", image_size=32)
-    assert big.stem_type == "imagenet" and any(isinstance(m, nn.MaxPool2d) for m in big.stem.modules())
-    assert big.stem.conv.kernel_size == (7, 7)
-    assert small.stem_type == "cifar" and not any(isinstance(m, nn.MaxPool2d) for m in small.stem.modules())
-    assert small.stem.conv.kernel_size == (3, 3) and small.stem.conv.out_channels == 64
-    assert meta_model("resnet20", image_size=224).stem_type == "cifar"
+    assert (
+        big.spec.stem == "imagenet"
+        and big.conv1.kernel_size == (7, 7)
+        and isinstance(big.maxpool, nn.MaxPool2d)
+    )
+    assert small.spec.stem == "cifar" and small.conv1.kernel_size == (3, 3) and small.conv1.out_channels == 64
+    forced = meta_model("densenet121", image_size=32, stem="imagenet")
+    assert forced.spec.stem == "imagenet" and forced.features.conv0.kernel_size == (7, 7)
+    assert meta_model("resnet20", image_size=224).spec.stem == "cifar"
+    # DenseNet-121 on CIFAR-10: 6,956,426 parameters with the 3x3 stem, 6,964,106 with the 7x7 one
+    assert n_params(meta_model("densenet121")) == 6_956_426
+    assert n_params(meta_model("densenet121", stem="imagenet")) == 6_964_106
 
 
-@pytest.mark.parametrize(
-    ("name", "kw", "arch", "depth", "form", "stem_type", "stages"),
-    [
-        ("resnet20", {}, "resnet", 20, "cifar", "cifar", 3),
-        ("plain18", IMAGENET, "plain", 18, "imagenet", "imagenet", 4),
-        ("resnet", {"depth": 164, "bottleneck": True}, "resnet", 164, "cifar", "cifar", 3),
-        ("resnet50", {}, "resnet", 50, "imagenet", "cifar", 4),
-        ("densenet40", {}, "densenet", 40, "cifar", "cifar", 3),
-        ("densenet_bc100", {}, "densenet_bc", 100, "cifar", "cifar", 3),
-        ("densenet", {"depth": 40, "bottleneck": True}, "densenet_b", 40, "cifar", "cifar", 3),
-        ("densenet", {"depth": 40, "compression": 0.5}, "densenet_c", 40, "cifar", "cifar", 3),
-        ("densenet121", IMAGENET, "densenet", 121, "imagenet", "imagenet", 4),
-        ("densenet264", {}, "densenet", 264, "imagenet", "cifar", 4),
-    ],
-)
-def test_attributes_and_layout(
-    name: str, kw: dict, arch: str, depth: int, form: str, stem_type: str, stages: int
-) -> None:
-    model = meta_model(name, **kw)
-    assert (model.arch, model.depth, model.form, model.stem_type) == (arch, depth, form, stem_type)
-    names = [n for n, _ in model.named_children()]
-    assert names == ["stem", *(f"stage{i}" for i in range(1, stages + 1)), "head"]
-    assert model.stages == [getattr(model, f"stage{i}") for i in range(1, stages + 1)]
-    assert isinstance(model.head.fc, nn.Linear) and model.head.fc.out_features == kw.get("num_classes", 10)
-    assert all(isinstance(stage, nn.Sequential) for stage in model.stages)
-    if arch.startswith("densenet"):
-        assert [n for n, _ in model.stage1.named_children()] == ["block", "transition"]
-        assert [n for n, _ in model.stages[-1].named_children()] == ["block"]
+def test_presets_are_their_family_at_the_papers_settings() -> None:
+    assert create_model("densenet_bc190").spec == specs.resolve("densenet_bc", depth=190, growth_rate=40)
+    same = specs.resolve("densenet", form="imagenet", depth=121)
+    assert specs.resolve("densenet121") == same  # the ImageNet form's defaults are DenseNet-121's
+    assert specs.resolve("resnet56", shortcut="B").shortcut == "B"  # arguments override the preset
 
 
 @pytest.mark.parametrize(
@@ -249,19 +283,21 @@ def test_attributes_and_layout(
         ("densenet", {"form": "tiny"}, "densenet form must be one of 'cifar', 'imagenet'; got 'tiny'"),
         ("plain20", {"shortcut": "B"}, "plain nets take no shortcut"),
         ("densenet_bc", {"compression": 0}, "compression must be in (0, 1]"),
+        ("resnet", {"growth_rate": 12}, "resnet takes no argument 'growth_rate'"),
+        ("resnet", {"depth": "abc"}, "resnet depth must be an integer, got 'abc'"),
         ("resnet9000x", {}, "unknown model 'resnet9000x'; available: densenet, densenet100,"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(name: str, kw: dict, expected: str) -> None:
     with pytest.raises(ValueError) as info:
         create_model(name, **kw)
-    message = str(info.value)
-    assert expected in message and "\n" not in message
+    assert expected in str(info.value) and "\n" not in str(info.value)
 
 
-def test_models_import_without_lightning_or_hydra() -> None:
+def test_models_import_without_lightning_or_hydra_and_specs_without_torch() -> None:
     code = (
-        "import sys, experiments.models as m; m.create_model('resnet20'); "
+        "import sys, experiments.specs as s; s.resolve('densenet121'); assert 'torch' not in sys.modules; "
+        "import experiments.models as m; m.create_model('resnet20'); "
         "bad = {'pytorch_lightning', 'lightning', 'hydra', 'omegaconf'} & set(sys.modules); "
         "assert not bad, bad"
     )

@@ -13,29 +13,31 @@ import matplotlib.image
 import pytest
 
 from experiments.report.plots import exponent
-from tests.helpers import archive_messages, clean_env, run_cli, run_dirs
+from tests.helpers import archive_messages, clean_env, run_dirs
 
 
 @pytest.fixture
-def sweep_with_casualties(digits_sweep, tmp_path):
-    """A copy of the digits sweep where plain-32 lost its summary (killed) and resnet-32 failed."""
-    workdir, _ = digits_sweep
-    shutil.copytree(workdir / "multirun", tmp_path / "multirun")
-    (tmp_path / "home").mkdir()
-    runs = {run.name.split("-")[0]: run for run in run_dirs(tmp_path / "multirun")}
-    (runs["plain32"] / "summary.json").unlink()
-    failed = json.loads((runs["resnet32"] / "summary.json").read_text())
+def sweep_with_casualties(digits_sweep, workdir):
+    """A copy of the digits sweep where plain-14 lost its summary (killed), resnet-14 failed, and a run
+    beside them has a summary.json that is valid JSON but no record."""
+    shutil.copytree(digits_sweep / "multirun", workdir / "multirun")
+    runs = {run.name.split("-")[0]: run for run in run_dirs(workdir / "multirun")}
+    (runs["plain14"] / "summary.json").unlink()
+    failed = json.loads((runs["resnet14"] / "summary.json").read_text())
     failed.update(status="failed", error="RuntimeError: out of memory", test_error=None)
-    (runs["resnet32"] / "summary.json").write_text(json.dumps(failed))
-    return tmp_path, runs["plain20"].parent
+    (runs["resnet14"] / "summary.json").write_text(json.dumps(failed))
+    odd = runs["plain8"].parent / "odd"
+    (odd / ".hydra").mkdir(parents=True)
+    (odd / "summary.json").write_text('{"status": "completed", "depth": [20]}')
+    return runs["plain8"].parent
 
 
-def test_report_tables_and_figures(sweep_with_casualties):
-    workdir, sweep = sweep_with_casualties
-    result = run_cli("report", str(sweep), "--out", "report", cwd=workdir)
-    assert result.returncode == 0, result.stderr
+def test_report_tables_and_figures(sweep_with_casualties, cli, workdir):
+    sweep = sweep_with_casualties
+    result = cli("report", str(sweep), "--out", "report")
+    assert result.status == 0, result.err
     out = workdir / "report"
-    assert "report: report/report.md" in result.stdout
+    assert "report: report/report.md" in result.out
 
     with (out / "runs.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -59,10 +61,11 @@ def test_report_tables_and_figures(sweep_with_casualties):
         "run_dir",
     ]
     assert [(r["arch"], r["depth"], r["status"]) for r in rows] == [
-        ("plain", "20", "completed"),
-        ("plain", "32", "unfinished"),
-        ("resnet", "20", "completed"),
-        ("resnet", "32", "failed"),
+        ("plain", "8", "completed"),
+        ("plain", "14", "unfinished"),
+        ("resnet", "8", "completed"),
+        ("resnet", "14", "failed"),
+        ("?", "0", "unreadable"),
     ]
     assert rows[1]["epochs"] == "1"  # the killed run's metrics.csv still counts
     assert float(rows[0]["params"]) > 0 and 0 <= float(rows[0]["train_error"]) <= 1
@@ -70,12 +73,13 @@ def test_report_tables_and_figures(sweep_with_casualties):
     markdown = (out / "report.md").read_text()
     assert markdown.count("| plain |") == 2 and markdown.count("| resnet |") == 2
     assert "RuntimeError: out of memory" in markdown and "unfinished" in markdown
+    assert f"{sweep}/odd/summary.json: depth is [20], which is not" in markdown
     figures = sorted(p.name for p in out.glob("*.png"))
     assert figures == [
         "accuracy_vs_params.png",
         "activation_memory.png",
         "error_vs_depth.png",
-        "gradient_norms.png",
+        "param_grad_norms.png",
         "step_time.png",
         "training_error_digits.png",
     ]
@@ -95,15 +99,12 @@ def test_report_tables_and_figures(sweep_with_casualties):
     assert assets == ["report.md", "runs.csv"]
 
 
-def test_report_of_a_directory_without_runs_is_one_line(workdir):
+def test_report_of_a_directory_without_runs_is_one_line(cli, workdir):
     (workdir / "empty").mkdir()
-    result = run_cli("report", "empty", cwd=workdir)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        "error: no runs under empty (a run directory holds .hydra/)"
-    ]
-    missing = run_cli("report", "nowhere", cwd=workdir)
-    assert missing.returncode == 1 and missing.stderr.strip() == "error: nowhere is not a directory"
+    result = cli("report", "empty")
+    assert result.status == 1
+    assert result.error_line() == "error: no runs under empty (a run directory holds .hydra/)"
+    assert cli("report", "nowhere").error_line() == "error: nowhere is not a directory"
 
 
 def test_exponent_of_a_power_law():

@@ -1,31 +1,29 @@
 """cuda_graph: training steps whose forward and backward run as one CUDA graph (experiments.step_graph).
 
 On a CPU the same code path runs every step eagerly: it must train exactly as Lightning's own backward does,
-with gradient clipping, the gradient-norm hook and the step count intact. The capture itself needs a GPU:
-those tests run in bench/gpu_check.sh.
+with gradient clipping, the hooks before the optimiser step and the step count intact, and refuse a loss the
+graph did not compute. The capture itself needs a GPU: those tests are marked `gpu` (bench/gpu_check.sh
+runs them).
 """
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.app import CONF_DIR
-from experiments.build import Device, build_datamodule, build_model, build_optimizer, use_cuda_graph
+from experiments.build import build_datamodule, build_model, build_trainer
+from experiments.config import compose
+from experiments.device import Device, build_optimizer, use_cuda_graph
 from experiments.errors import UserError
-from experiments.measure.gradflow import GradientFlow
+from experiments.measure.param_grads import ParamGradNorms
 from experiments.models import create_model
 from experiments.module import Classifier
 from experiments.step_graph import WARMUP_STEPS, StepGraph
-from tests.helpers import run_cli, run_dirs
+from tests.helpers import run_dirs, summary
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_gpu = pytest.mark.gpu
 # random 16 px images (no scikit-learn needed on a GPU machine), cropped and flipped: 1,350 training
 # images make 21 batches of 64 and one of 6
 DATA = [
@@ -40,15 +38,14 @@ EPOCHS, STEPS_PER_EPOCH = 2, 22
 
 
 def config(*overrides: str):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("train", ["arch=resnet", "arch.depth=8", *DATA, *overrides])
+    return compose("train", ["arch=resnet", "arch.depth=8", *DATA, *overrides])
 
 
 def fit(cuda_graph: bool, accelerator: str = "cpu") -> tuple[Classifier, dict]:
     """Two epochs of ResNet-8, gradients clipped hard (so clipping changes every step); the
-    trained module and the summed gradient norms GradientFlow saw."""
+    trained module and the summed gradient norms ParamGradNorms saw."""
     cfg = config()
-    pl.seed_everything(0, verbose=False)
+    torch.manual_seed(0)
     data = build_datamodule(cfg)
     device = Device(accelerator == "cuda", "32-true", channels_last=accelerator == "cuda")
     model = build_model(cfg, data)
@@ -58,18 +55,15 @@ def fit(cuda_graph: bool, accelerator: str = "cpu") -> tuple[Classifier, dict]:
     module = Classifier(
         model, build_optimizer(cfg, device), schedule, device.channels_last, cuda_graph=cuda_graph
     )
-    flow = GradientFlow(every=5)
-    trainer = pl.Trainer(
+    flow = ParamGradNorms(every=5)
+    trainer = build_trainer(
+        None,
         accelerator=accelerator,
         devices=1,
         precision=device.precision,
         max_epochs=EPOCHS,
         gradient_clip_val=0.1,
         callbacks=[flow],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=data)
@@ -176,12 +170,46 @@ def test_replayed_steps_train_as_lightnings_own_backward_does_on_a_gpu():
 
 
 @needs_gpu
-def test_train_on_a_gpu_runs_its_steps_as_cuda_graphs(workdir):
+def test_train_on_a_gpu_runs_its_steps_as_cuda_graphs_and_profile_times_replays(cli, workdir):
     epochs = f"trainer.max_epochs={EPOCHS}"
-    result = run_cli("train", "arch=resnet20", *DATA, "trainer=gpu", epochs, "logger=csv", cwd=workdir)
-    assert result.returncode == 0, result.stderr
+    result = cli("train", "arch=resnet20", *DATA, "trainer=gpu", epochs, "logger=csv")
+    assert result.status == 0, result.err
     (run,) = run_dirs(workdir / "outputs")
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["throughput"] > 0, summary
+    record = summary(run)
+    assert record["status"] == "completed" and record["throughput"] > 0, record
     # the default on one GPU: every step a replay but the first few and each epoch's short last batch
-    assert summary["cuda_graph_steps"] == EPOCHS * STEPS_PER_EPOCH - WARMUP_STEPS - EPOCHS
+    assert record["cuda_graph_steps"] == EPOCHS * STEPS_PER_EPOCH - WARMUP_STEPS - EPOCHS
+    assert record["step_timing"] == "mixed"  # the short last batch of each epoch runs eagerly
+    assert cli("profile", "arch=resnet20", *DATA, "trainer=gpu", "logger=none").status == 0
+    (profiled,) = run_dirs(workdir / "outputs" / "profile")
+    assert summary(profiled)["step_timing"] == "cuda_graph"  # timed as train times its steps
+
+
+class LossPlusATerm(Classifier):
+    """A subclass that adds to the loss after the step computed it: with CUDA graphs, that term would get
+    no gradient."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) + 0.0 * sum(p.sum() for p in self.parameters())
+
+
+def test_a_loss_changed_outside_compute_loss_is_refused_with_cuda_graphs():
+    cfg = config()
+    data = build_datamodule(cfg)
+    module = LossPlusATerm(
+        build_model(cfg, data),
+        build_optimizer(cfg, Device(False, "32-true", False)),
+        {"name": "constant"},
+        cuda_graph=True,
+    )
+    trainer = build_trainer(None, accelerator="cpu", max_steps=1, num_sanity_val_steps=0)
+    with pytest.raises(
+        RuntimeError, match="training_step must return the loss its StepGraph computed, unchanged"
+    ):
+        trainer.fit(module, datamodule=data)
+    plain = LossPlusATerm(
+        build_model(cfg, data), build_optimizer(cfg, Device(False, "32-true", False)), {"name": "constant"}
+    )
+    build_trainer(None, accelerator="cpu", max_steps=1, num_sanity_val_steps=0).fit(
+        plain, datamodule=data
+    )  # eager: fine

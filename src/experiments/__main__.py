@@ -1,19 +1,28 @@
-"""Command dispatch: `experiments train | profile | report`. Heavy imports wait until a command needs them."""
+"""Command dispatch: `experiments COMMAND ...`. Nothing heavy is imported until a command needs it."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
-USAGE = """\
-usage: experiments COMMAND [OVERRIDES ...]
+# name: (what it does, how it runs: "hydra" for Hydra apps, else the module whose main(args) runs it)
+COMMANDS = {
+    "train": ("train one run (or a sweep with -m); Hydra overrides, e.g. arch=resnet arch.depth=56", "hydra"),
+    "profile": ("params, FLOPs, activation memory, step time of a model; no dataset needed", "hydra"),
+    "report": (
+        "tables and figures from finished runs: experiments report DIR [DIR ...]",
+        "experiments.commands.report",
+    ),
+}
 
-Measure how ResNets and DenseNets behave: degradation, memory, speed, gradient flow.
+USAGE = f"""\
+usage: experiments COMMAND [ARGS ...]
+
+Measure how ResNets and DenseNets behave: degradation, memory, speed, signal propagation.
 
 commands:
-  train     train one run (or a sweep with -m); Hydra overrides, e.g. arch=resnet arch.depth=56
-  profile   params, FLOPs, activation memory, step time of a model; no dataset needed
-  report    tables and plots from finished runs: experiments report DIR [DIR ...]
+{chr(10).join(f"  {name:<9} {what}" for name, (what, _) in COMMANDS.items())}
 
 examples:
   experiments train arch=resnet arch.depth=20 dataset=digits trainer.max_epochs=3
@@ -23,8 +32,6 @@ examples:
 
 `experiments train --help` lists the config groups and options; `--cfg job` prints the composed config.
 """
-
-HYDRA_COMMANDS = ("train", "profile")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,20 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
+    from experiments.errors import note_traceback_wish
+
+    note_traceback_wish()
     command, rest = args[0], args[1:]
-    if command in HYDRA_COMMANDS:
+    if command not in COMMANDS:
+        valid = ", ".join(COMMANDS)
+        print(f"error: unknown command '{command}'; valid: {valid} (see experiments --help)", file=sys.stderr)
+        return 2
+    runner = COMMANDS[command][1]
+    if runner == "hydra":
         from experiments.app import run
 
         return run(command, rest)
-    if command == "report":
-        from experiments.report.cli import main as report_main
-
-        return report_main(rest)
-    print(
-        f"error: unknown command '{command}'; valid: train, profile, report (see experiments --help)",
-        file=sys.stderr,
-    )
-    return 2
+    return importlib.import_module(runner).main(rest)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,22 @@
-"""The Hydra apps behind `train` and `profile`: compose the config, run each job, one line per failure."""
+"""The Hydra commands (train, profile, probe): compose the config, guard each run's directory, run the
+command, and turn every failure into one line.
+
+A job (one run of a sweep, or the only run) goes: check every setting (torch-free, in a second) -> refuse a
+directory holding another config -> say "nothing to do" for a completed run -> lock the directory ->
+write .hydra/ and open the run's log -> run the command. Hydra itself writes nothing into the run's
+directory (conf/hydra/default.yaml turns its own .hydra/ and log file off), so a refused job leaves none.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
+import shutil
 import sys
-import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,84 +25,128 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.errors import RunFailed, UserError, is_users, one_line
-from experiments.logging.noise import silence_library_noise
-from experiments.sweep import SweepProgress
+from experiments import rundir, settings
+from experiments.config import CONF_DIR
+from experiments.errors import RunFailed, UserError, is_users, one_line, traceback_wanted
+from experiments.record import read_record
+from experiments.sweep import SweepRefused, SweepWatch
+from experiments.tracking.noise import silence_library_noise
 
 log = logging.getLogger(__name__)
 
-# conf/ beside src/ in a checkout (an editable install), else where `pip install .` put it
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-if not CONF_DIR.is_dir():
-    CONF_DIR = Path(sys.prefix) / "share" / "experiments" / "conf"
+
+def _command(name: str) -> Callable[..., Any]:
+    """The function behind a Hydra command, imported only when a job runs it (torch comes with it)."""
+    if name == "train":
+        from experiments.commands.train import train
+
+        return train
+    if name == "profile":
+        from experiments.commands.profile import profile
+
+        return profile
+    from experiments.commands.probe import probe
+
+    return probe
 
 
-def run_name(*, _root_: DictConfig) -> str:
-    """`resnet56-cifar10-s0-1a2b3c`: what runs, plus a hash of the whole config.
+@dataclass
+class Failures:
+    """The runs of this process's command that failed (their one-line errors were printed)."""
 
-    A run directory named this way is a function of the config, so re-running a command (or a requeued
-    SLURM job) finds its checkpoint, and two different configs never share a directory.
-    """
-    config = OmegaConf.to_container(_root_, resolve=False)
-    config.pop("hydra", None)
-    digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:6]
-    arch, depth, dataset, seed = (
-        OmegaConf.select(_root_, key, default="")
-        for key in ("arch.name", "arch.depth", "dataset.name", "seed")
-    )
-    return f"{arch}{depth}-{dataset}-s{seed}-{digest}"
+    launcher_pid: int = field(default_factory=os.getpid)
+    lines: list[str] = field(default_factory=list)
 
 
-def unique_dir(pattern: str) -> str:
-    """A new directory named by `pattern` (strftime), suffixed -2, -3, ... when a sweep already took it."""
-    base = time.strftime(pattern)
-    for n in range(1, 1000):
-        path = base if n == 1 else f"{base}-{n}"
-        try:
-            os.makedirs(path)
-            return path
-        except FileExistsError:
-            continue
-    raise UserError(f"could not create a new sweep directory under {base}")
+def make_task(command: str, failures: Failures) -> Callable[[DictConfig], Any]:
+    """Hydra's task function for `command`: one job, from guard to record, failures as one line."""
 
-
-# Cached: Hydra copies resolver caches into every job's config (and pickles them for SLURM jobs), so a
-# sweep's directory is resolved once and stays the same for all its jobs, requeued ones included.
-OmegaConf.register_new_resolver("run_name", run_name, replace=True)
-OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True, replace=True)
-
-failures: list[str] = []  # runs of this process that failed; their one-line errors were printed
-MAIN_PID = os.getpid()
-
-
-def _job(command: str) -> Callable[[DictConfig], Any]:
     def task(cfg: DictConfig) -> Any:
         silence_library_noise()  # here: launcher plugins run jobs in processes of their own
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            log.info(f"run {hydra_cfg.job.num + 1} of {SweepProgress.size or '?'}")
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        if multirun:
+            log.info(f"run {hydra_cfg.job.num + 1} of {SweepWatch.size or '?'}")
         try:
-            if command == "train":
-                from experiments.train import train
-
-                return train(cfg, run_dir)
-            from experiments.measure.profile import profile
-
-            return profile(cfg, run_dir)
+            with refused_leaves_nothing(run_dir):
+                if done := guard(cfg, run_dir, command):
+                    return done
+                fresh = not any(run_dir.iterdir())
+                with rundir.owned(run_dir), run_files(cfg, run_dir, command, fresh):
+                    return _command(command)(cfg, run_dir, str(hydra_cfg.sweep.dir) if multirun else None)
         except Exception as error:
-            if os.environ.get("EXPERIMENTS_FULL_ERROR") and not isinstance(error, RunFailed):
+            if traceback_wanted() and not isinstance(error, RunFailed):
                 raise
-            message = one_line(error)
-            if not is_users(error):
-                message += " (HYDRA_FULL_ERROR=1 shows the traceback)"
+            message = one_line(error) + (
+                "" if is_users(error) else " (HYDRA_FULL_ERROR=1 shows the traceback)"
+            )
             print(f"error: {message}", file=sys.stderr)
-            if os.getpid() != MAIN_PID:  # a launcher's worker process: its launcher collects the failure
+            if os.getpid() != failures.launcher_pid:  # a launcher's worker process: its launcher collects it
                 raise RunFailed(message) from None
-            failures.append(f"{run_dir}: {message}")
+            failures.lines.append(f"{run_dir}: {message}")
             return None
 
     return task
+
+
+def guard(cfg: DictConfig, run_dir: Path, command: str) -> Any:
+    """Refuse a job that cannot run (UserError), or return the record of one that already completed."""
+    settings.check(cfg)
+    rundir.check_config(run_dir, cfg)
+    if command != "train" or _rank() != 0:
+        return None
+    try:
+        previous = read_record(run_dir / "summary.json")
+    except ValueError:
+        return None
+    if previous is not None and previous.status == "completed":
+        log.info(f"{run_dir} already holds this run, completed: nothing to do ({run_dir / 'summary.json'})")
+        return previous
+    return None
+
+
+def _rank() -> int:
+    """This process's global rank where a launcher made several (SLURM tasks); 0 otherwise."""
+    return int(os.environ.get("SLURM_PROCID", "0")) if int(os.environ.get("SLURM_NTASKS", "1")) > 1 else 0
+
+
+@contextmanager
+def refused_leaves_nothing(run_dir: Path) -> Iterator[None]:
+    """Hydra makes a job's directory before the job runs: a refused job removes it again if it is empty."""
+    try:
+        yield
+    except UserError:
+        rundir.remove_if_empty(run_dir, parents=1)  # outputs/ too, when Hydra made it for this run
+        raise
+
+
+@contextmanager
+def run_files(cfg: DictConfig, run_dir: Path, command: str, fresh: bool) -> Iterator[None]:
+    """.hydra/ (the composed config, as Hydra writes it; kept from the run's first start) and the run's log
+    file, `<command>.log`, for as long as the job runs. A job refused before its run began (a UserError out
+    of the command: its data or its net cannot be built) takes back what it wrote into a `fresh` directory."""
+    hydra_dir = run_dir / ".hydra"
+    if _rank() == 0 and not (hydra_dir / "config.yaml").exists():
+        hydra_dir.mkdir(exist_ok=True)
+        hydra_cfg = HydraConfig.get()
+        OmegaConf.save(cfg, hydra_dir / "config.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), hydra_dir / "hydra.yaml")
+        OmegaConf.save(hydra_cfg.overrides.task, hydra_dir / "overrides.yaml")
+    handler = logging.FileHandler(run_dir / f"{command}.log", delay=True)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    except UserError:
+        if fresh and _rank() == 0:
+            for path in run_dir.iterdir():
+                if path.name != rundir.LOCK_NAME:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def run(command: str, args: list[str]) -> int:
@@ -103,45 +154,63 @@ def run(command: str, args: list[str]) -> int:
     if not CONF_DIR.is_dir():
         print(f"error: config directory {CONF_DIR} not found: reinstall the project", file=sys.stderr)
         return 2
-    # Hydra prints multi-line reports with stack traces unless HYDRA_FULL_ERROR is set, in which case it
-    # raises: we let it raise and print one line ourselves, or the full traceback if the user asked for it.
-    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
-    if full_error:
-        os.environ["EXPERIMENTS_FULL_ERROR"] = "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)(_job(command))
+    failures = Failures()
+    app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)(
+        make_task(command, failures)
+    )
     # conf/hydra/launcher/submitit_slurm.yaml sets our defaults over the plugin's schema of that name,
     # which Hydra 1.3 merges but calls deprecated.
     warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_slurm' is validated against")
     argv, sys.argv = sys.argv, [sys.argv[0], *args]
-    failures.clear()
+    # Hydra prints multi-line reports with stack traces unless HYDRA_FULL_ERROR is set, in which case it
+    # raises: it always raises here, and we print one line (or the traceback, if the user asked for it).
+    users_setting = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
     except RunFailed as error:  # raised by a run in a launcher's worker process
         print(f"error: a run failed: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(
-            "error: interrupted; the run's record says where it stopped, and the same command resumes it",
-            file=sys.stderr,
-        )
+        print(f"error: interrupted; {_how_to_resume()}", file=sys.stderr)
         return 130
+    except SystemExit as done:  # Hydra's --help, --cfg and the like end so
+        return done.code if isinstance(done.code, int) else 0
+    except SweepRefused as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
     except Exception as error:
-        if full_error:
+        if traceback_wanted():
             raise
-        if isinstance(error, OSError) and error.filename:  # Hydra could not create the run directory
-            message = (
-                f"cannot write {error.filename}: {error.strerror} "
-                "(runs go elsewhere with hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m)"
-            )
-        else:
-            message = one_line(error)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_launch_error(error)}", file=sys.stderr)
         return 2
     finally:
         sys.argv = argv
-        if not full_error:
+        SweepWatch.clean_up()
+        if users_setting is None:
             del os.environ["HYDRA_FULL_ERROR"]
-    if len(failures) > 1:
-        print(f"error: {len(failures)} runs failed:", *failures, sep="\n  ", file=sys.stderr)
-    return 1 if failures else 0
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = users_setting
+    if len(failures.lines) > 1:
+        print(f"error: {len(failures.lines)} runs failed:", *failures.lines, sep="\n  ", file=sys.stderr)
+    return 1 if failures.lines else 0
+
+
+def _how_to_resume() -> str:
+    if SweepWatch.directory:
+        return (
+            "the run's record says where it stopped; to finish the sweep, run the same command with "
+            f"hydra.sweep.dir={SweepWatch.directory}"
+        )
+    return "the run's record says where it stopped, and the same command resumes it"
+
+
+def _launch_error(error: Exception) -> str:
+    if isinstance(error, OSError) and error.filename:  # Hydra could not create the run directory
+        return (
+            f"cannot write {error.filename}: {error.strerror} "
+            "(runs go elsewhere with hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m)"
+        )
+    if isinstance(error, UserError):
+        return str(error)
+    return one_line(error)

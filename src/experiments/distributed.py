@@ -34,8 +34,8 @@ def run_worker() -> int:
     """Entry point of a DDP rank started by Lightning: train the parent's run; rank 0 records it."""
     from omegaconf import OmegaConf
 
-    from experiments.logging.noise import silence_library_noise
-    from experiments.train import train
+    from experiments.commands.train import train
+    from experiments.tracking.noise import silence_library_noise
 
     silence_library_noise()
     spec = json.loads(os.environ[WORKER_ENV])

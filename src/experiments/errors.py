@@ -1,10 +1,17 @@
-"""User-facing errors: anything a user can mistype ends as one line on stderr, never a traceback."""
+"""User-facing errors: anything a user can mistype ends as one line on stderr, never a traceback.
+
+A user who wants the traceback sets HYDRA_FULL_ERROR=1, for every command. Hydra itself must always raise
+(we print its errors as one line), so the dispatcher notes the user's wish once in TRACEBACK_ENV, which
+launcher worker processes inherit, and `traceback_wanted()` reads it everywhere.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 
 OVERRIDE_GRAMMAR = "https://hydra.cc/docs/1.3/advanced/override_grammar/basic"
+TRACEBACK_ENV = "EXPERIMENTS_TRACEBACK"
 
 
 class UserError(Exception):
@@ -13,6 +20,15 @@ class UserError(Exception):
 
 class RunFailed(Exception):
     """A run ended without completing; its one-line reason was already printed and recorded."""
+
+
+def note_traceback_wish() -> None:
+    """Called once by the dispatcher, before Hydra is told to raise."""
+    os.environ[TRACEBACK_ENV] = "1" if os.environ.get("HYDRA_FULL_ERROR") == "1" else "0"
+
+
+def traceback_wanted() -> bool:
+    return os.environ.get(TRACEBACK_ENV) == "1"
 
 
 def is_users(error: BaseException) -> bool:
@@ -46,3 +62,8 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, UserError) or cause is None:
         return " ".join(text.split())
     return " ".join(f"{text}: {cause}".split())
+
+
+def describe(error: BaseException) -> str:
+    """`error` for a run's record: the user's own message, or the type and message of anything else."""
+    return one_line(error) if is_users(error) else " ".join(f"{type(error).__name__}: {error}".split())

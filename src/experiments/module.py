@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from experiments.models.legacy import migrate
 from experiments.step_graph import GraphedBackward, StepGraph
 
 
@@ -22,13 +24,16 @@ def lr_factor(
     warmup_steps: int = 0,
     milestones: Sequence[float] = (),
     gamma: float = 0.1,
+    warming: bool = False,
+    **_: Any,
 ) -> float:
     """The learning rate at `step` as a multiple of the base rate.
 
     multistep: times `gamma` at each milestone (a fraction of `total_steps`); cosine: decays to 0;
-    constant: 1. The first `warmup_steps` run at a tenth of the rate, as He et al. warm up ResNet-110.
+    constant: 1. A tenth of the rate during a warm-up: the first `warmup_steps`, or while `warming` (He et
+    al. warm ResNet-110 up at lr 0.01 until its training error is below 80%).
     """
-    if step < warmup_steps:
+    if warming or step < warmup_steps:
         return 0.1
     if name == "multistep":
         return gamma ** sum(step >= m * total_steps for m in milestones)
@@ -41,88 +46,101 @@ class Diverged(Exception):
     """The training loss became NaN or infinite: the run cannot recover."""
 
 
-# A GPU waits for nothing while it trains; checking the loss makes it wait, so there it happens every
-# this many steps (a NaN persists: the next check catches it). On a CPU every step is checked.
-GPU_LOSS_CHECK_EVERY = 50
+# A GPU waits for nothing while it trains; reading the loss makes it wait, so there the loss is checked every
+# this many steps (a NaN persists: the next check catches it), and so is a warm-up's training error. On a
+# CPU every step is checked.
+GPU_CHECK_EVERY = 50
+WARMUP_WINDOW = 10  # a warm-up ends when the training error over this many batches is below its threshold
+
+
+class EpochTotals:
+    """One split's loss and correct predictions over an epoch, kept on the device and read once an epoch."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> None:
+        self.steps.append((loss.detach(), correct, images))
+
+    def means(self, strategy: Any, device: torch.device) -> dict[str, float]:
+        """Mean loss and accuracy over the epoch's images on all ranks (one device sync); then empty."""
+        if not self.steps:
+            return {}
+        losses, corrects, sizes = zip(*self.steps, strict=True)
+        self.steps = []
+        images = torch.tensor(sizes, dtype=torch.float, device=device)
+        totals = torch.stack(
+            [(torch.stack(losses).float() * images).sum(), torch.stack(corrects).sum().float(), images.sum()]
+        )
+        loss_sum, correct, count = strategy.reduce(totals, reduce_op="sum").tolist()
+        return {"loss": loss_sum / count, "acc": correct / count}
 
 
 class Classifier(GraphedBackward, pl.LightningModule):
-    """Trains `model` with cross-entropy; logs loss and accuracy per split and epoch, and the lr.
+    """Trains `model` with cross-entropy; its loss and accuracy per split and epoch, and the lr.
 
-    With `cuda_graph`, training steps compute their gradients with a StepGraph (one CUDA graph a step).
+    With `cuda_graph`, training steps compute their gradients with a StepGraph (one CUDA graph a step),
+    except on the steps `eager_steps` names (instruments that hook into the forward and backward pass).
     """
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
-        schedule: dict,
+        schedule: dict[str, Any],
         channels_last: bool = False,
         cuda_graph: bool = False,
+        eager_steps: Callable[[int], bool] = lambda step: False,
     ) -> None:
         super().__init__()
-        self.model = model
-        self.optimizer = optimizer
-        self.schedule = schedule
-        self.channels_last = channels_last
-        self.cuda_graph = cuda_graph
-        # per split, this epoch's steps: mean loss and correct predictions (on the device), and images
-        self._steps: dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]] = {}
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.channels_last, self.cuda_graph, self.eager_steps = channels_last, cuda_graph, eager_steps
+        self.totals = {split: EpochTotals() for split in ("train", "val", "test")}
+        # He et al.'s warm-up rule: the step at which the training error fell below the threshold
+        self.warmup_threshold: float | None = schedule.get("warmup_until_train_error")
+        self.warmed_up_at: int | None = None
+        self._recent_errors: list[torch.Tensor] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
-    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's mean loss and its count of correct predictions."""
+    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's mean loss and its count of correct predictions. With cuda_graph, this is what the
+        graph captures: a training step's gradients are those of this loss, and of nothing else."""
         logits = self(images)
         return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum()
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        if split == "train" and self.step_graph is not None:
-            loss, correct = self.step_graph(images, labels)
+        if self.step_graph is not None:
+            loss, correct = self.step_graph(images, labels, eager=self.eager_steps(self.global_step))
         else:
-            loss, correct = self._loss(images, labels)
-        # Kept per step and summed once an epoch (log_epoch), not logged with self.log every step: Lightning's
-        # logging costs 2-3 ms of CPU a call, as long as a whole ResNet-56 step on a GPU with CUDA graphs; and
-        # every tensor operation here is one more kernel launch per step.
-        self._steps.setdefault(split, []).append((loss.detach(), correct, len(labels)))
+            loss, correct = self.compute_loss(images, labels)
+        # Kept per step and summed once an epoch, not logged with self.log every step: Lightning's logging
+        # costs 2-3 ms of CPU a call, as long as a whole ResNet-56 step on a GPU with CUDA graphs.
+        self.totals["train"].add(loss, correct, len(labels))
+        if self.warmup_threshold is not None and self.warmed_up_at is None:
+            self._recent_errors.append(1 - correct / len(labels))
         return loss
 
-    def log_epoch(self, split: str) -> None:
-        """Log `split`'s mean loss and accuracy over this epoch's images on all ranks (one device sync).
-
-        val and test log from their epoch-end hooks; train from EpochRecord, which must see the means:
-        Lightning calls callbacks' on_train_epoch_end before the module's.
-        """
-        if not (steps := self._steps.pop(split, [])):
-            return
-        losses, corrects, batch_sizes = zip(*steps, strict=True)
-        images = torch.tensor(batch_sizes, dtype=torch.float, device=self.device)
-        totals = torch.stack(
-            [(torch.stack(losses).float() * images).sum(), torch.stack(corrects).sum().float(), images.sum()]
-        )
-        loss_sum, correct, count = self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
-        self.log_dict({f"{split}/loss": loss_sum / count, f"{split}/acc": correct / count})
-
-    def on_fit_start(self) -> None:
-        if self.cuda_graph:
-            self.step_graph = StepGraph(self._loss, self.parameters())
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+        loss, correct = self.compute_loss(*batch)
+        self.totals["val"].add(loss, correct, len(batch[1]))
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+        loss, correct = self.compute_loss(*batch)
+        self.totals["test"].add(loss, correct, len(batch[1]))
+
+    def epoch_metrics(self, split: str) -> dict[str, float]:
+        """`split`'s mean loss and accuracy over this epoch, as `train/loss`, `train/acc`."""
+        means = self.totals[split].means(self.trainer.strategy, self.device)
+        return {f"{split}/{key}": value for key, value in means.items()}
 
     def on_train_batch_end(self, outputs: dict[str, torch.Tensor], batch: object, batch_idx: int) -> None:
         step = self.trainer.global_step
-        if self.device.type == "cuda" and step % GPU_LOSS_CHECK_EVERY:
+        if self.device.type == "cuda" and step % GPU_CHECK_EVERY and len(self._recent_errors) < WARMUP_WINDOW:
             return
         loss = outputs["loss"].detach()
         # all ranks stop together, whichever saw it first
@@ -131,21 +149,34 @@ class Classifier(GraphedBackward, pl.LightningModule):
                 f"training loss became {loss.item()} at step {step} (epoch {self.current_epoch}); "
                 "try a lower optim.lr or a warm-up (schedule.warmup_steps)"
             )
+        if len(self._recent_errors) >= WARMUP_WINDOW:
+            error = torch.stack(self._recent_errors[-WARMUP_WINDOW:]).mean()
+            self._recent_errors = []
+            if self.trainer.strategy.reduce(error, reduce_op="mean").item() < self.warmup_threshold:
+                self.warmed_up_at = step
 
     def on_validation_epoch_end(self) -> None:
-        self.log_epoch("val")
+        self.log_dict(self.epoch_metrics("val"))
 
     def on_test_epoch_end(self) -> None:
-        self.log_epoch("test")
+        self.log_dict(self.epoch_metrics("test"))
 
     def on_train_epoch_start(self) -> None:
-        self._steps.pop("train", None)  # left over if nothing logged the last epoch (log_epoch)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 
+    def on_fit_start(self) -> None:
+        if self.cuda_graph:
+            self.step_graph = StepGraph(self.compute_loss, self.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["warmed_up_at"] = self.warmed_up_at
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = migrate(checkpoint["state_dict"], prefix="model.")
+        self.warmed_up_at = checkpoint.get("warmed_up_at", self.warmed_up_at)
         # A saved optimiser state carries its update's implementation (fused, foreach), and loading it would
-        # override this run's: a run saved on a GPU (fused) could not resume on a CPU as configured, nor
-        # obey +optim.foreach=true. Lightning loads the optimiser state after this hook.
+        # override this run's: a run saved on a GPU (fused) could not resume on a CPU as configured.
+        # Lightning loads the optimiser state after this hook.
         built = self.optimizer.keywords if isinstance(self.optimizer, partial) else {}
         for state in checkpoint.get("optimizer_states", []):
             for group in state["param_groups"]:
@@ -153,8 +184,12 @@ class Classifier(GraphedBackward, pl.LightningModule):
                     if key in group:
                         group[key] = built.get(key)
 
+    def _lr_factor(self, step: int) -> float:
+        warming = self.warmup_threshold is not None and self.warmed_up_at is None
+        return lr_factor(step, self._total_steps, warming=warming, **self.schedule)
+
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer(self.parameters())
-        factor = partial(lr_factor, total_steps=self.trainer.estimated_stepping_batches, **self.schedule)
-        scheduler = LambdaLR(optimizer, factor)
+        self._total_steps = self.trainer.estimated_stepping_batches
+        optimizer = self.optimizer(p for p in self.parameters() if p.requires_grad)
+        scheduler = LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -23,8 +23,9 @@ WARMUP_STEPS = 3
 class StepGraph:
     """Calls `forward(images, labels)`, whose first output is the loss, and backpropagates the loss into
     `params`' gradients (replacing, not adding to, the last step's): eagerly for the first steps, then as
-    a replay of one captured graph. A batch of another shape (an epoch's short last batch) runs eagerly.
-    On CPU tensors every step is eager. Returns `forward`'s outputs, detached."""
+    a replay of one captured graph. A batch of another shape (an epoch's short last batch), and a step the
+    caller asks to be `eager` (hooks see nothing of a replay), run eagerly; on CPU tensors every step does.
+    Returns `forward`'s outputs, detached."""
 
     def __init__(
         self, forward: Callable[..., tuple[torch.Tensor, ...]], params: Iterable[torch.nn.Parameter]
@@ -40,13 +41,21 @@ class StepGraph:
         self.outputs: tuple[torch.Tensor, ...] = ()
         self.grads: list[torch.Tensor | None] = []
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, eager: bool = False
+    ) -> tuple[torch.Tensor, ...]:
         if not images.is_cuda:
             return self._eager(images, labels)
         # captured on a batch of the shape the steps before had: a full batch, not an epoch's short last
-        if self.graph is None and self.eager_steps >= WARMUP_STEPS and images.shape == self.last_shape:
+        if (
+            not eager
+            and self.graph is None
+            and self.eager_steps >= WARMUP_STEPS
+            and images.shape == self.last_shape
+        ):
             self._capture(images, labels)
-        if self.graph is not None and images.shape == self.images.shape and labels.shape == self.labels.shape:
+        fits = images.shape == self.images.shape and labels.shape == self.labels.shape
+        if not eager and self.graph is not None and fits:
             return self._replay(images, labels)
         self.stream = self.stream or torch.cuda.Stream()
         self.stream.wait_stream(torch.cuda.current_stream())
@@ -105,13 +114,21 @@ class StepGraph:
 
 class GraphedBackward:
     """For a LightningModule whose training_step computes the gradients with `self.step_graph` (when it is
-    not None): Lightning's backward and zero_grad would redo or undo that, so they do nothing then."""
+    not None): Lightning's backward and zero_grad would redo or undo that, so they do nothing then. The
+    gradients are those of the loss the StepGraph computed, which it returns detached: a loss that still
+    carries autograd history had a term added to it afterwards, which would get no gradient. That is refused,
+    on every device alike."""
 
     step_graph: StepGraph | None = None
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
         if self.step_graph is None:
             super().backward(loss, *args, **kwargs)
+        elif loss.requires_grad:
+            raise RuntimeError(
+                "with cuda_graph, training_step must return the loss its StepGraph computed, unchanged: the "
+                "gradients were computed inside the step (run with cuda_graph=false to train another loss)"
+            )
 
     def optimizer_zero_grad(self, *args, **kwargs) -> None:
         if self.step_graph is None:

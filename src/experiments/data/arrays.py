@@ -129,9 +129,12 @@ class ArrayDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("val_size", val_size)):
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"dataset.{key} must be a positive integer, got {value!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"dataset.batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(val_size, int) or val_size < 0:
+            raise UserError(
+                f"dataset.val_size must be an integer >= 0 (0: no validation split), got {val_size!r}"
+            )
         self.name, self.batch_size, self.val_size = name, batch_size, val_size
         self.crop_padding, self.flip, self.seed = crop_padding, flip, seed
         self.splits: dict[str, Split] = {}
@@ -181,8 +184,9 @@ class ArrayDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         return self._loader("train")
 
-    def val_dataloader(self) -> TensorBatches:
-        return self._loader("val")
+    def val_dataloader(self) -> TensorBatches | list:
+        # no validation split (val_size 0, as Huang et al. train on all 50k images): no validation loop
+        return self._loader("val") if self.val_size else []
 
     def test_dataloader(self) -> TensorBatches:
         return self._loader("test")

@@ -2,12 +2,15 @@
 
 A step is timed from `on_train_batch_start` to `on_train_batch_end` (forward, backward, optimiser). On a
 GPU the clock is a pair of CUDA events per step, read once per epoch, so no step waits for the device.
+Steps that instruments slow down on purpose (signal steps: hooks, an eager step outside the CUDA graph)
+are left out, like the warm-up steps.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -33,20 +36,6 @@ class _Clock:
         return start.elapsed_time(end) if self.cuda else (end - start) * 1000
 
 
-# what summary() returns: the DESIGN.md cost keys and their companions
-COST_KEYS = (
-    "step_time_ms",
-    "step_time_p90_ms",
-    "throughput",
-    "data_wait_fraction",
-    "timed_steps",
-    "peak_memory_bytes",
-    "peak_memory_source",
-    "peak_memory_reserved_bytes",
-    "first_step_unix_time",
-)
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -61,14 +50,16 @@ class TrainingCost(pl.Callback):
     on a GPU the device may still be computing meanwhile, so there it bounds the starvation from above.
     """
 
-    def __init__(self, warmup_steps: int = 5) -> None:
-        self.warmup_steps = warmup_steps
+    def __init__(self, warmup_steps: int = 5, untimed: Callable[[int], bool] = lambda step: False) -> None:
+        self.warmup_steps, self.untimed = warmup_steps, untimed
+        self.graphed: list[bool] = []  # per timed step: whether it was a CUDA-graph replay
         self.step_ms: list[float] = []
         self.span_ms = self.data_wait_s = 0.0
         self.images = 0
         self.peak_bytes: int | None = None
         self.first_step_unix_time: float | None = None  # shows how long the command took to start
-        self._pending: list[tuple[Any, Any]] = []
+        self._pending: list[tuple[Any, Any]] = []  # this epoch's timed steps: (start, end) of each
+        self._untimed: list[tuple[Any, Any]] = []
         self._seen = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -84,8 +75,11 @@ class TrainingCost(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *_: Any
     ) -> None:
         self.first_step_unix_time = self.first_step_unix_time or time.time()
-        self._timed = self._seen >= self.warmup_steps
-        if self._timed:
+        self._counted = self._seen >= self.warmup_steps  # within the timed span
+        self._this_untimed = self.untimed(trainer.global_step)
+        graph = getattr(pl_module, "step_graph", None)
+        self._replays = graph.replays if graph is not None else 0
+        if self._counted:
             if self._last_end is not None:
                 self.data_wait_s += time.perf_counter() - self._last_end
             self._start = self.clock.now()
@@ -94,10 +88,16 @@ class TrainingCost(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
         self._seen += 1
-        if self._timed:
+        if not self._counted:
+            return
+        if self._this_untimed:
+            self._untimed.append((self._start, self.clock.now()))  # cut out of the span below
+        else:
+            graph = getattr(pl_module, "step_graph", None)
+            self.graphed.append(graph is not None and graph.replays > self._replays)
             self._pending.append((self._start, self.clock.now()))
             self.images += len(batch[1]) * trainer.world_size
-            self._last_end = time.perf_counter()
+        self._last_end = time.perf_counter()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.peak_bytes = self.memory.stop()
@@ -110,16 +110,19 @@ class TrainingCost(pl.Callback):
             self._pending[-1][1].synchronize()
         steps = [self.clock.ms(start, end) for start, end in self._pending]
         self.step_ms += steps
-        self.span_ms += self.clock.ms(self._pending[0][0], self._pending[-1][1])
-        self._pending = []
+        untimed = sum(self.clock.ms(start, end) for start, end in self._untimed)
+        self.span_ms += self.clock.ms(self._pending[0][0], self._pending[-1][1]) - untimed
+        self._pending, self._untimed = [], []
         return {"step_time_ms": statistics.median(steps)}
 
     def summary(self) -> dict[str, Any]:
-        """The DESIGN.md cost keys for summary.json (None where nothing was timed)."""
+        """The cost fields of the run's record (None where nothing was timed)."""
         self.end_epoch()
         timed = bool(self.step_ms)
+        timing = {(True,): "cuda_graph", (False,): "eager"}.get(tuple(set(self.graphed)), "mixed")
         return {
             "step_time_ms": statistics.median(self.step_ms) if timed else None,
+            "step_timing": timing if timed else None,
             "step_time_p90_ms": percentile(self.step_ms, 0.9) if timed else None,
             "throughput": self.images / (self.span_ms / 1000) if timed and self.span_ms > 0 else None,
             "data_wait_fraction": self.data_wait_s * 1000 / self.span_ms

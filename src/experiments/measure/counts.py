@@ -1,7 +1,8 @@
-"""What a model costs, counted exactly and device-independently on a copy of it on the meta device.
+"""What a model costs, counted exactly and device-independently on tensors without data.
 
-A meta tensor has a shape and a dtype but no data, so these counts take no memory and almost no time even
-for nets whose training step would not fit the machine, and give the same number on a laptop and a GPU.
+Fake and meta tensors have shapes and dtypes but no storage, so these counts take no memory and almost no
+time even for nets whose training step would not fit the machine, and give the same number on a laptop and
+a GPU.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -20,15 +23,13 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _on_meta(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model).to("meta").train()
-
-
 def flops_per_image(model: nn.Module, image_shape: tuple[int, int, int]) -> int:
-    """Forward FLOPs for one image (a multiply-add counts as 2), by torch's FlopCounterMode."""
+    """Forward FLOPs for one image, a multiply-add counting 2 (torch's FlopCounterMode); the papers' "FLOPs"
+    are multiply-adds, half of this."""
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():  # eval mode: batch norm takes a batch of one even on 1x1 feature maps
-        _on_meta(model).eval()(torch.empty(1, *image_shape, device="meta"))
+    meta = copy.deepcopy(model).to("meta").eval()  # eval: batch norm takes a batch of one on 1x1 maps
+    with counter, torch.no_grad():
+        meta(torch.empty(1, *image_shape, device="meta"))
     return counter.get_total_flops()
 
 
@@ -53,13 +54,44 @@ def saved_bytes(compute: Callable[[], object], exclude: Iterable[torch.Tensor] =
     return sum(held.values())
 
 
-def activation_bytes(model: nn.Module, batch_shape: tuple[int, int, int, int]) -> int:
-    """Bytes held for backward in one float32 training step (forward and loss) of `batch_shape`.
+# Lightning precision -> (autocast dtype or None, dtype of the weights and inputs)
+PRECISION_DTYPES = {
+    "32-true": (None, torch.float32),
+    "32": (None, torch.float32),
+    "64-true": (None, torch.float64),
+    "64": (None, torch.float64),
+    "bf16-mixed": (torch.bfloat16, torch.float32),
+    "16-mixed": (torch.float16, torch.float32),
+    "bf16-true": (None, torch.bfloat16),
+    "16-true": (None, torch.float16),
+}
+
+
+def activation_bytes(model: nn.Module, batch_shape: tuple[int, ...], precision: str = "32-true") -> int:
+    """Bytes held for backward in one training step (forward and loss) of `batch_shape` at `precision`.
 
     This is the memory that grows quadratically with depth in a naive DenseNet and linearly in a
-    memory-efficient one; parameters are not counted.
+    memory-efficient one; parameters are not counted. Mixed precisions count what autocast keeps (by
+    PyTorch's CPU autocast rules, which cast these nets' convolutions as the CUDA rules do).
     """
-    meta = _on_meta(model)
-    images = torch.empty(batch_shape, device="meta")
-    labels = torch.zeros(batch_shape[0], dtype=torch.long, device="meta")
-    return saved_bytes(lambda: F.cross_entropy(meta(images), labels), exclude=meta.parameters())
+    autocast, dtype = PRECISION_DTYPES.get(str(precision), (None, torch.float32))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        state = {
+            name: torch.empty(
+                t.shape, dtype=dtype if t.is_floating_point() else t.dtype, requires_grad=t.requires_grad
+            )
+            for name, t in [*model.named_parameters(), *model.named_buffers()]
+        }
+        images = torch.empty(batch_shape, dtype=dtype)
+        labels = torch.zeros(batch_shape[0], dtype=torch.long)
+
+        def step() -> torch.Tensor:
+            with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                return F.cross_entropy(functional_call(model, state, (images,)), labels)
+
+        was_training = model.training
+        try:
+            model.train()
+            return saved_bytes(step, exclude=[state[name] for name, _ in model.named_parameters()])
+        finally:
+            model.train(was_training)

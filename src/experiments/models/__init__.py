@@ -1,19 +1,9 @@
-"""Plain-PyTorch model zoo: ResNets, plain nets and DenseNets, built by name with ``create_model``."""
+"""Plain-PyTorch model zoo: ResNets, plain nets and DenseNets with torchvision's module names, built by name
+with `create_model` (what each name means: experiments.specs). No Lightning, no Hydra."""
 
-from .densenet import DenseNet, densenet, densenet_bc
-from .layers import StagedNet
-from .registry import create_model, list_models, register_model
-from .resnet import ResNet, plain, resnet
+from experiments.models.densenet import DenseNet
+from experiments.models.layers import Block
+from experiments.models.registry import create_model, list_models, load_pretrained
+from experiments.models.resnet import ResNet
 
-__all__ = [
-    "DenseNet",
-    "ResNet",
-    "StagedNet",
-    "create_model",
-    "densenet",
-    "densenet_bc",
-    "list_models",
-    "plain",
-    "register_model",
-    "resnet",
-]
+__all__ = ["Block", "DenseNet", "ResNet", "create_model", "list_models", "load_pretrained"]

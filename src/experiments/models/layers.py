@@ -1,103 +1,74 @@
-"""Pieces both families share: the staged layout, stem, head, weight init and argument checks."""
+"""Pieces both families share: initialised convs and heads, recomputation in backward, the block list."""
 
-from collections import OrderedDict
-from collections.abc import Sequence
+from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-FORMS = ("cifar", "imagenet")
+
+def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """A bias-free conv with He et al.'s initialisation (normal, fan-out), as the papers' Torch code."""
+    layer = nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=False)
+    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+    return layer
 
 
-class StagedNet(nn.Module):
-    """``stem -> stage1 .. stageN -> head``, plus the attributes the runner records about the net."""
+def classifier(in_features: int, num_classes: int) -> nn.Linear:
+    """The final FC layer: PyTorch's default weights, a zero bias."""
+    layer = nn.Linear(in_features, num_classes)
+    nn.init.zeros_(layer.bias)
+    return layer
 
-    def __init__(
-        self,
-        stem: nn.Module,
-        stages: Sequence[nn.Module],
-        head: nn.Module,
-        *,
-        arch: str,
-        depth: int,
-        form: str,
-        stem_type: str,
-    ) -> None:
-        super().__init__()
-        self.stem = stem
-        for i, stage in enumerate(stages, 1):
-            self.add_module(f"stage{i}", stage)
-        self.head = head
-        self.arch, self.depth, self.form, self.stem_type = arch, depth, form, stem_type
-        init_weights(self)
+
+@dataclass(frozen=True)
+class Block:
+    """One step of a net's forward path, named as its state dict names it.
+
+    The signal, lesion and feature-reuse instruments share this vocabulary: a net's `blocks()` lists the
+    stem, then each residual or plain block, dense layer and transition in forward order, then the head.
+    """
+
+    name: str  # the module whose output is the block's output: "layer2.0", "features.denseblock1.denselayer3"
+    kind: str  # stem | residual | plain | dense_layer | transition | head
+    stage: int  # 0 for the stem, 1.. for the stages (a transition belongs to the dense block before it)
+    weights: tuple[str, ...]  # the modules holding its parameters
+    downsamples: bool = False  # changes the feature maps' size or count (a plain one cannot be deleted)
 
     @property
-    def stages(self) -> list[nn.Module]:
-        return [module for name, module in self.named_children() if name.startswith("stage")]
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.head(x)
+    def part(self) -> str:
+        """stem, stage1, ..., head: the coarse part of the net the block is in."""
+        return self.kind if self.kind in ("stem", "head") else f"stage{self.stage}"
 
 
-def init_weights(model: nn.Module) -> None:
-    """He init (fan_out) for convs, BN to identity, zero Linear bias, as the papers' Torch code."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.zeros_(module.bias)
+@contextlib.contextmanager
+def kept_statistics(norms: Iterable[nn.BatchNorm2d]) -> Iterator[None]:
+    """Batch norms' running statistics as they were on entering: a recomputation in backward runs batch norm
+    in training mode again, which would count the batch twice in them."""
+    norms = [n for n in norms if n.track_running_stats and n.running_mean is not None]
+    saved = [(n.running_mean.clone(), n.running_var.clone(), n.num_batches_tracked.clone()) for n in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, (mean, var, count) in zip(norms, saved, strict=True):
+                norm.running_mean.copy_(mean)
+                norm.running_var.copy_(var)
+                norm.num_batches_tracked.copy_(count)
 
 
-def stem_type_for(form: str, image_size: int) -> str:
-    """ImageNet forms keep their 7x7 + maxpool stem only above 64 px; smaller inputs get the CIFAR stem."""
-    return "imagenet" if form == "imagenet" and image_size > 64 else "cifar"
+def recomputed(function: Callable[..., Tensor], module: nn.Module, *inputs: Tensor) -> Tensor:
+    """`function(*inputs)`, keeping only `inputs` for backward and recomputing the rest there (activation
+    checkpointing); the batch norms of `module` update their running statistics once, as without it."""
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    contexts = lambda: (contextlib.nullcontext(), kept_statistics(norms))  # noqa: E731  (forward, recompute)
+    return checkpoint(function, *inputs, use_reentrant=False, context_fn=contexts)
 
 
-def make_stem(in_channels: int, width: int, stem_type: str, norm: bool = True) -> nn.Sequential:
-    """7x7/2 conv-BN-ReLU-3x3/2 maxpool ("imagenet") or 3x3/1 conv-BN-ReLU ("cifar"); BN-ReLU if ``norm``."""
-    imagenet = stem_type == "imagenet"
-    kernel, stride = (7, 2) if imagenet else (3, 1)
-    conv = nn.Conv2d(in_channels, width, kernel, stride, padding=kernel // 2, bias=False)
-    layers: OrderedDict[str, nn.Module] = OrderedDict(conv=conv)
-    if norm:
-        layers.update(norm=nn.BatchNorm2d(width), relu=nn.ReLU(inplace=True))
-    if imagenet:
-        layers.update(pool=nn.MaxPool2d(3, stride=2, padding=1))
-    return nn.Sequential(layers)
-
-
-def make_head(channels: int, num_classes: int, norm: bool = False) -> nn.Sequential:
-    """[BN-ReLU-] global average pool, flatten, biased FC named ``fc``."""
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    if norm:
-        layers.update(norm=nn.BatchNorm2d(channels), relu=nn.ReLU(inplace=True))
-    layers.update(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
-    return nn.Sequential(layers)
-
-
-def check_choice(what: str, value: object, valid: Sequence[object]) -> None:
-    """One-line ValueError unless ``value`` is one of ``valid``."""
-    if value not in valid:
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, valid))}; got {value!r}")
-
-
-def blocks_for_depth(depth: int, step: int, offset: int, what: str) -> int:
-    """``n >= 1`` with ``depth == step * n + offset``, else a one-line ValueError with the nearest depths."""
-    n, rem = divmod(depth - offset, step)
-    if rem == 0 and n >= 1:
-        return n
-    nearest = sorted({step * max(k, 1) + offset for k in (n, n + 1)})
-    raise ValueError(
-        f"{what} depth must be {step}n+{offset}, got {depth}; nearest valid: {', '.join(map(str, nearest))}"
-    )
-
-
-def check_depth_in(depth: int, valid: Sequence[int], what: str) -> None:
-    """One-line ValueError unless ``depth`` is one of the tabulated ``valid`` depths."""
-    if depth not in valid:
-        raise ValueError(f"{what} depth must be one of {', '.join(map(str, valid))}, got {depth}")
+def wants_recompute(module: nn.Module, *inputs: Tensor) -> bool:
+    """Whether recomputing in backward saves anything: training, with gradients flowing into the inputs."""
+    return module.training and torch.is_grad_enabled() and any(x.requires_grad for x in inputs)

@@ -1,49 +1,22 @@
-"""ResNets and plain nets (He et al. 2016): CIFAR form (6n+2, 9n+2 with bottlenecks) and ImageNet form."""
+"""ResNets and plain nets (He et al. 2016), with torchvision's module names (`conv1`, `layer1.0.bn2`, `fc`).
 
-from collections.abc import Sequence
-from typing import Any, Literal
+The CIFAR form (3 stages at 16/32/64 filters, depth 6n+2) and the ImageNet form (torchvision's resnet18..152)
+are one class: a torchvision state dict loads into the ImageNet form as it is.
+"""
 
-import torch
+from __future__ import annotations
+
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from .layers import (
-    FORMS,
-    StagedNet,
-    blocks_for_depth,
-    check_choice,
-    check_depth_in,
-    make_head,
-    make_stem,
-    stem_type_for,
-)
-from .registry import register_model
+from experiments.models.layers import Block, classifier, conv, recomputed, wants_recompute
+from experiments.specs import ResNetSpec
 
-SHORTCUTS = ("A", "B", "none")
-EXPANSION = 4  # bottleneck output width / inner width
-_WIDTHS = {"cifar": (16, 32, 64), "imagenet": (64, 128, 256, 512)}
-# depth -> (bottleneck, blocks per stage), as torchvision
-_IMAGENET_LAYERS = {
-    18: (False, (2, 2, 2, 2)),
-    34: (False, (3, 4, 6, 3)),
-    50: (True, (3, 4, 6, 3)),
-    101: (True, (3, 4, 23, 3)),
-    152: (True, (3, 8, 36, 3)),
-}
-
-
-def _arch(shortcut: str) -> str:
-    return "plain" if shortcut == "none" else "resnet"
-
-
-def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> list[nn.Module]:
-    conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=False)
-    return [conv, nn.BatchNorm2d(out_channels)]
+WIDTHS = {"cifar": (16, 32, 64), "imagenet": (64, 128, 256, 512)}
 
 
 class PadShortcut(nn.Module):
-    """Option A: identity subsampled by ``stride``, zero-padded with the missing channels; no parameters."""
+    """Option A: the identity, subsampled by `stride`, zero-padded with the missing channels; no weights."""
 
     def __init__(self, extra_channels: int, stride: int) -> None:
         super().__init__()
@@ -56,249 +29,128 @@ class PadShortcut(nn.Module):
         return f"extra_channels={self.extra_channels}, stride={self.stride}"
 
 
-def _shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
-    if kind == "none":
-        return None
+def shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+    """What joins a block's input to its output where their shapes differ (None: the identity)."""
     if in_channels == out_channels and stride == 1:
-        return nn.Identity()
+        return None
     if kind == "A":
         return PadShortcut(out_channels - in_channels, stride)
-    return nn.Sequential(*_conv_bn(in_channels, out_channels, 1, stride))
+    return nn.Sequential(conv(in_channels, out_channels, 1, stride), nn.BatchNorm2d(out_channels))
 
 
-class Block(nn.Module):
-    """Basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1) conv-BN body, plus a shortcut unless it is "none"."""
+class BasicBlock(nn.Module):
+    """conv1-bn1-relu-conv2-bn2, plus the shortcut unless the block is plain, then relu."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        width: int,
-        stride: int,
-        bottleneck: bool,
-        shortcut: str,
-        memory_efficient: bool = False,
-    ) -> None:
+    expansion = 1
+
+    def __init__(self, in_channels: int, width: int, stride: int, spec: ResNetSpec) -> None:
         super().__init__()
-        self.memory_efficient = memory_efficient
-        if bottleneck:
-            self.out_channels = width * EXPANSION
-            body = [
-                *_conv_bn(in_channels, width, 1),
-                nn.ReLU(inplace=True),
-                *_conv_bn(width, width, 3, stride),  # stride on the 3x3, as torchvision
-                nn.ReLU(inplace=True),
-                *_conv_bn(width, self.out_channels, 1),
-            ]
-        else:
-            self.out_channels = width
-            body = [
-                *_conv_bn(in_channels, width, 3, stride),
-                nn.ReLU(inplace=True),
-                *_conv_bn(width, width, 3),
-            ]
-        self.body = nn.Sequential(*body)
-        self.shortcut = _shortcut(shortcut, in_channels, self.out_channels, stride)
+        self.conv1, self.bn1 = conv(in_channels, width, 3, stride), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = conv(width, width, 3), nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
+        self.init_residual(spec)
+        self.setup_shortcut(spec, in_channels, width * self.expansion, stride)
+
+    def init_residual(self, spec: ResNetSpec) -> None:
+        if spec.zero_init_residual and spec.shortcut != "none":
+            nn.init.zeros_(self.last_norm.weight)  # the block starts as the identity
+
+    def setup_shortcut(self, spec: ResNetSpec, in_channels: int, out_channels: int, stride: int) -> None:
+        self.residual = spec.shortcut != "none"
+        self.downsample = (
+            shortcut(spec.shortcut, in_channels, out_channels, stride) if self.residual else None
+        )
+        self.downsamples = stride != 1 or in_channels != out_channels
+        self.memory_efficient = spec.memory_efficient
+
+    @property
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def branch(self, x: Tensor) -> Tensor:
+        """The residual branch, F(x): the whole block of a plain net but its last ReLU."""
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.memory_efficient and self.training and torch.is_grad_enabled() and x.requires_grad:
-            # activation checkpointing: keep the block's input only, recompute its body in backward (its
-            # BN running statistics are updated twice, as in DenseNet's memory-efficient form)
-            out = checkpoint(self.body, x, use_reentrant=False)
-        else:
-            out = self.body(x)
-        if self.shortcut is not None:
-            out = out + self.shortcut(x)
+        out = (
+            recomputed(self.branch, self, x)
+            if self.memory_efficient and wants_recompute(self, x)
+            else self.branch(x)
+        )
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
         return self.relu(out)
 
 
-class ResNet(StagedNet):
-    """Stem, one stage per entry of ``layers`` (the first at stride 1, the others 2), average pool, FC."""
+class Bottleneck(BasicBlock):
+    """conv1 (1x1)-conv2 (3x3, the stride, as torchvision)-conv3 (1x1, x4 wide), each with its BN."""
 
-    def __init__(
-        self,
-        layers: Sequence[int],
-        *,
-        form: str = "cifar",
-        bottleneck: bool = False,
-        shortcut: str = "A",
-        stem_type: str = "cifar",
-        zero_init_residual: bool = False,
-        memory_efficient: bool = False,
-        num_classes: int = 10,
-        in_channels: int = 3,
-    ) -> None:
-        widths = _WIDTHS[form]
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int, spec: ResNetSpec) -> None:
+        nn.Module.__init__(self)
+        self.conv1, self.bn1 = conv(in_channels, width, 1), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = conv(width, width, 3, stride), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = conv(width, width * self.expansion, 1), nn.BatchNorm2d(width * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.init_residual(spec)
+        self.setup_shortcut(spec, in_channels, width * self.expansion, stride)
+
+    @property
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def branch(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
+
+
+class ResNet(nn.Module):
+    """Stem (conv1, bn1, relu, maxpool), one stage (`layerN`) per entry of `spec.stages`, the first at
+    stride 1 and the others at 2, then average pool and `fc`."""
+
+    def __init__(self, spec: ResNetSpec, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.spec = spec
+        widths = WIDTHS[spec.form]
+        imagenet_stem = spec.stem == "imagenet"
+        self.conv1 = conv(in_channels, widths[0], 7 if imagenet_stem else 3, 2 if imagenet_stem else 1)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if imagenet_stem else nn.Identity()
+        block = Bottleneck if spec.bottleneck else BasicBlock
         channels = widths[0]
-        stem = make_stem(in_channels, channels, stem_type)
-        stages = []
-        for i, (num_blocks, width) in enumerate(zip(layers, widths, strict=True)):
+        for i, (count, width) in enumerate(zip(spec.stages, widths, strict=False), 1):
             blocks = []
-            for j in range(num_blocks):
-                stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(Block(channels, width, stride, bottleneck, shortcut, memory_efficient))
-                channels = blocks[-1].out_channels
-            stages.append(nn.Sequential(*blocks))
-        super().__init__(
-            stem,
-            stages,
-            make_head(channels, num_classes),
-            arch=_arch(shortcut),
-            depth=(3 if bottleneck else 2) * sum(layers) + 2,
-            form=form,
-            stem_type=stem_type,
-        )
-        if zero_init_residual and shortcut != "none":
-            # each residual block starts as the identity (Goyal et al. 2017)
-            for module in self.modules():
-                if isinstance(module, Block):
-                    nn.init.zeros_(module.body[-1].weight)
+            for j in range(count):
+                blocks.append(block(channels, width, 2 if i > 1 and j == 0 else 1, spec))
+                channels = width * block.expansion
+            self.add_module(f"layer{i}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = classifier(channels, num_classes)
 
+    @property
+    def arch(self) -> str:
+        return self.spec.label
 
-@register_model
-def resnet(
-    depth: int = 56,
-    form: Literal["cifar", "imagenet"] = "cifar",
-    shortcut: Literal["A", "B", "none"] | None = None,
-    bottleneck: bool | None = None,
-    zero_init_residual: bool = False,
-    memory_efficient: bool = False,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    image_size: int = 32,
-) -> ResNet:
-    """He et al. ResNet; ``shortcut="none"`` is the plain net of the same depth.
+    @property
+    def depth(self) -> int:
+        return self.spec.depth
 
-    ``shortcut=None`` means "A" (cifar form) or "B" (imagenet form); ``bottleneck=None`` means basic blocks
-    in cifar form and the torchvision layout (bottlenecks from depth 50) in imagenet form.
-    ``memory_efficient=True`` recomputes each block's body in backward (activation checkpointing, as
-    DenseNet's memory-efficient form does for its concatenations).
-    """
-    check_choice("resnet form", form, FORMS)
-    if shortcut is None:
-        shortcut = "A" if form == "cifar" else "B"
-    check_choice("resnet shortcut", shortcut, SHORTCUTS)
-    arch = _arch(shortcut)
-    kind = "bottleneck" if bottleneck else "basic"
-    if form == "cifar":
-        bottleneck = bool(bottleneck)
-        n = blocks_for_depth(depth, 9 if bottleneck else 6, 2, f"{arch} (cifar form, {kind} blocks)")
-        layers: Sequence[int] = (n, n, n)
-    else:
-        table = {d: v for d, v in _IMAGENET_LAYERS.items() if bottleneck in (None, v[0])}
-        what = f"{arch} (imagenet form)" if bottleneck is None else f"{arch} (imagenet form, {kind} blocks)"
-        check_depth_in(depth, list(table), what)
-        bottleneck, layers = table[depth]
-    return ResNet(
-        layers,
-        form=form,
-        bottleneck=bottleneck,
-        shortcut=shortcut,
-        stem_type=stem_type_for(form, image_size),
-        zero_init_residual=zero_init_residual,
-        memory_efficient=memory_efficient,
-        num_classes=num_classes,
-        in_channels=in_channels,
-    )
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{i}") for i in range(1, len(self.spec.stages) + 1)]
 
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self.stages:
+            x = stage(x)
+        return self.fc(self.avgpool(x).flatten(1))
 
-@register_model
-def plain(**kw: Any) -> ResNet:
-    """Plain net (He et al. sec. 4): the ResNet of the same depth with no shortcuts at all."""
-    if "shortcut" in kw:
-        raise ValueError(
-            f"plain nets take no shortcut, got shortcut={kw['shortcut']!r}; use 'resnet' for that"
-        )
-    return resnet(shortcut="none", **kw)
-
-
-# CIFAR-10 nets of He et al. sec. 4.2 (option A)
-@register_model
-def resnet20(**kw: Any) -> ResNet:
-    return resnet(depth=20, **kw)
-
-
-@register_model
-def resnet32(**kw: Any) -> ResNet:
-    return resnet(depth=32, **kw)
-
-
-@register_model
-def resnet44(**kw: Any) -> ResNet:
-    return resnet(depth=44, **kw)
-
-
-@register_model
-def resnet56(**kw: Any) -> ResNet:
-    return resnet(depth=56, **kw)
-
-
-@register_model
-def resnet110(**kw: Any) -> ResNet:
-    return resnet(depth=110, **kw)
-
-
-@register_model
-def resnet1202(**kw: Any) -> ResNet:
-    return resnet(depth=1202, **kw)
-
-
-@register_model
-def plain20(**kw: Any) -> ResNet:
-    return plain(depth=20, **kw)
-
-
-@register_model
-def plain32(**kw: Any) -> ResNet:
-    return plain(depth=32, **kw)
-
-
-@register_model
-def plain44(**kw: Any) -> ResNet:
-    return plain(depth=44, **kw)
-
-
-@register_model
-def plain56(**kw: Any) -> ResNet:
-    return plain(depth=56, **kw)
-
-
-@register_model
-def plain110(**kw: Any) -> ResNet:
-    return plain(depth=110, **kw)
-
-
-# ImageNet nets (He et al. Table 1 and 2; option B, torchvision's layout)
-@register_model
-def plain18(**kw: Any) -> ResNet:
-    return plain(depth=18, form="imagenet", **kw)
-
-
-@register_model
-def plain34(**kw: Any) -> ResNet:
-    return plain(depth=34, form="imagenet", **kw)
-
-
-@register_model
-def resnet18(**kw: Any) -> ResNet:
-    return resnet(depth=18, form="imagenet", **kw)
-
-
-@register_model
-def resnet34(**kw: Any) -> ResNet:
-    return resnet(depth=34, form="imagenet", **kw)
-
-
-@register_model
-def resnet50(**kw: Any) -> ResNet:
-    return resnet(depth=50, form="imagenet", **kw)
-
-
-@register_model
-def resnet101(**kw: Any) -> ResNet:
-    return resnet(depth=101, form="imagenet", **kw)
-
-
-@register_model
-def resnet152(**kw: Any) -> ResNet:
-    return resnet(depth=152, form="imagenet", **kw)
+    def blocks(self) -> list[Block]:
+        kind = "plain" if self.spec.shortcut == "none" else "residual"
+        found = [Block("maxpool", "stem", 0, ("conv1", "bn1"))]
+        for i, stage in enumerate(self.stages, 1):
+            for j, block in enumerate(stage):
+                found.append(Block(f"layer{i}.{j}", kind, i, (f"layer{i}.{j}",), block.downsamples))
+        return [*found, Block("fc", "head", len(self.stages) + 1, ("fc",))]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -12,72 +10,73 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from experiments.record import RunRecord, read_metrics, read_record
+
 FAMILY_ORDER = ("plain", "resnet", "densenet", "densenet_b", "densenet_c", "densenet_bc")
-
-
-def _number(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        return text
 
 
 @dataclass
 class Run:
-    """One run directory: its summary.json, metrics.csv rows and composed config (each may be missing)."""
+    """One run directory: its record (summary.json), metrics.csv rows and composed config (each may be
+    missing; a summary.json that is not a record makes the run `unreadable`, with the reason)."""
 
     path: Path
-    summary: dict[str, Any] = field(default_factory=dict)
+    record: RunRecord | None = None
+    problem: str | None = None  # why summary.json could not be read
     config: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def read(cls, path: Path) -> Run:
         run = cls(path)
-        if (path / "summary.json").exists():
-            try:
-                run.summary = json.loads((path / "summary.json").read_text())
-            except ValueError as error:
-                run.summary = {"status": "unreadable", "error": f"summary.json: {error}"}
+        try:
+            run.record = read_record(path / "summary.json")
+        except ValueError as error:
+            run.problem = f"{path / 'summary.json'}: {error}"
         if (path / ".hydra" / "config.yaml").exists():
             with contextlib.suppress(Exception):  # a damaged config only costs the run its labels
                 run.config = OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "config.yaml"))
-        if (path / "metrics.csv").exists():
-            with (path / "metrics.csv").open(newline="") as f:
-                run.rows = [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+        with contextlib.suppress(Exception):  # a damaged metrics.csv only costs the run its curves
+            run.rows = read_metrics(path / "metrics.csv")
         return run
 
     def get(self, key: str) -> Any:
-        return self.summary.get(key)
+        """A field of the run's record; None without one."""
+        return getattr(self.record, key, None) if self.record else None
 
     @property
     def status(self) -> str:
-        """completed, failed, diverged, interrupted, or unfinished (no summary: still running or killed)."""
-        return self.summary.get("status", "unfinished")
+        """completed, failed, diverged, interrupted; unreadable (a summary.json that is not a record), or
+        unfinished (no summary: still running, or killed)."""
+        if self.problem:
+            return "unreadable"
+        return self.record.status if self.record else "unfinished"
 
     @property
     def command(self) -> str:
-        return self.summary.get("command") or ("profile" if "profile" in self.config else "train")
+        return self.record.command if self.record else "profile" if "profile" in self.config else "train"
 
     @cached_property
     def arch(self) -> str:
-        if "arch" in self.summary:
-            return self.summary["arch"]
+        if self.record:
+            return self.record.arch
         arch = self.config.get("arch", {})
-        return "plain" if arch.get("shortcut") == "none" else arch.get("name", "?")
+        return "plain" if arch.get("shortcut") == "none" else str(arch.get("name", "?"))
 
     @property
     def depth(self) -> int:
-        depth = self.summary.get("depth", self.config.get("arch", {}).get("depth"))
+        depth = self.record.depth if self.record else self.config.get("arch", {}).get("depth")
         return depth if isinstance(depth, int) else 0
 
     @property
     def dataset(self) -> str:
-        return self.summary.get("dataset") or self.config.get("dataset", {}).get("name", "?")
+        return self.record.dataset if self.record else str(self.config.get("dataset", {}).get("name", "?"))
 
     @property
     def memory_efficient(self) -> bool:
-        return bool(self.summary.get("memory_efficient", self.config.get("arch", {}).get("memory_efficient")))
+        if self.record:
+            return self.record.memory_efficient
+        return bool(self.config.get("arch", {}).get("memory_efficient"))
 
     @property
     def _variant(self) -> str:
@@ -97,9 +96,14 @@ class Run:
     def train_errors(self) -> list[float]:
         return [1 - row["train/acc"] for row in self.rows if isinstance(row.get("train/acc"), float)]
 
+    @property
+    def error(self) -> str | None:
+        return self.problem or self.get("error")
+
     def sort_key(self) -> tuple:
         family = FAMILY_ORDER.index(self.arch) if self.arch in FAMILY_ORDER else len(FAMILY_ORDER)
         return (
+            self.status == "unreadable",
             self.command != "train",
             self.dataset,
             family,

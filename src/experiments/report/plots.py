@@ -226,9 +226,10 @@ def accuracy_vs_params(runs: list[Run], out: Path) -> list[Figure]:
     return [("Accuracy vs parameters", _save(fig, out / "accuracy_vs_params.png"))]
 
 
-def gradient_norms(runs: list[Run], out: Path) -> list[Figure]:
-    """Per-stage gradient norms over training for the deepest plain and the deepest residual net."""
-    with_norms = [r for r in runs if r.command == "train" and r.get("grad_norms")]
+def param_grad_norms(runs: list[Run], out: Path) -> list[Figure]:
+    """Each part's parameter-gradient norm over training, for the deepest plain and the deepest residual net
+    (a health check: the per-block signals say whether the signal vanishes or explodes)."""
+    with_norms = [r for r in runs if r.command == "train" and r.get("param_grad_norms")]
     deepest = [
         max(group, key=lambda r: r.depth)
         for arch in ("plain", "resnet")
@@ -238,16 +239,16 @@ def gradient_norms(runs: list[Run], out: Path) -> list[Figure]:
         return [None]
     fig, axes = plt.subplots(1, len(deepest), figsize=(5.2 * len(deepest), 4.2), sharey=True, squeeze=False)
     for ax, run in zip(axes[0], deepest, strict=True):
-        for part, norms in run.get("grad_norms").items():
+        for part, norms in run.get("param_grad_norms").items():
             points = [(epoch, n) for epoch, n in enumerate(norms, 1) if n]
             ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=part)
         ax.set(yscale="log", xlabel="epoch", title=f"{run.label} on {run.dataset}")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("gradient norm (epoch mean)")
+    axes[0][0].set_ylabel("parameter-gradient norm (epoch mean)")
     axes[0][-1].legend(title="part of the net")
-    fig.suptitle("Gradient norm by stage: do gradients vanish in the deep plain net?")
-    return [("Gradient norm by stage", _save(fig, out / "gradient_norms.png"))]
+    fig.suptitle("Parameter-gradient norm by part of the net (scales as 1/||W|| under batch norm)")
+    return [("Parameter-gradient norm by part", _save(fig, out / "param_grad_norms.png"))]
 
 
 FIGURES: dict[str, Callable[[list[Run], Path], list[Figure]]] = {
@@ -256,5 +257,5 @@ FIGURES: dict[str, Callable[[list[Run], Path], list[Figure]]] = {
     "activation memory vs depth": activation_memory,
     "accuracy vs parameters": accuracy_vs_params,
     "step time vs depth": step_time,
-    "gradient norm by stage": gradient_norms,
+    "parameter-gradient norm by part": param_grad_norms,
 }

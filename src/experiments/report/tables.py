@@ -82,7 +82,7 @@ def write_markdown(
         parts.append("## Runs that did not complete")
         parts.append(
             "\n".join(
-                f"- `{run.path}`: {run.status}" + (f" ({run.get('error')})" if run.get("error") else "")
+                f"- `{run.path}`: {run.status}" + (f" ({run.error})" if run.error else "")
                 for run in not_completed
             )
         )

@@ -1,7 +1,7 @@
 """Comet, online when a key is configured and the server answers, otherwise an offline archive.
 
-Lightning's own CometLogger cannot log offline in 2.5-2.6 (`online=False` becomes `disabled=True`,
-Lightning issue #21617), so this is a small Lightning Logger over an experiment we start ourselves.
+The run starts its experiment itself (Lightning's CometLogger cannot log offline in 2.5-2.6) and logs to it
+through tracking.loggers.CometLogger.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
-from pytorch_lightning.utilities import rank_zero_only
 
 from experiments.errors import UserError
+from experiments.record import RunRecord
+from experiments.tracking.loggers import CometLogger
 
 log = logging.getLogger(__name__)
 # Read by comet_ml at import: no monkey-patching of torch, only warnings on the console (we print the lines
@@ -31,17 +31,6 @@ os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
 os.environ.setdefault("COMET_TIMEOUT_CLEANING", "30")
 os.environ.setdefault("COMET_TIMEOUT_UPLOAD", "30")
 REACHABLE_TIMEOUT_S = 5
-
-
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"arch": {"depth": 56}} -> {"arch.depth": 56}: Hydra's key names."""
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def server_unreachable() -> str | None:
@@ -57,15 +46,10 @@ def server_unreachable() -> str | None:
         return f"{url}: {getattr(error, 'reason', error)}"
 
 
-def run_label(summary: Mapping[str, Any]) -> str:
-    """`resnet56-cifar10-s0`: the run's name in Comet and in its log lines (DESIGN.md)."""
-    return f"{summary['arch']}{summary['depth']}-{summary['dataset']}-s{summary['seed']}"
-
-
-def run_tags(summary: Mapping[str, Any]) -> list[str]:
-    """Tags arch, depth, dataset, and the sweep a run belongs to (its directory), as DESIGN.md asks."""
-    tags = [f"arch:{summary['arch']}", f"depth:{summary['depth']}", f"dataset:{summary['dataset']}"]
-    return [*tags, f"sweep:{summary['sweep']}"] if summary.get("sweep") else tags
+def run_tags(record: RunRecord) -> list[str]:
+    """Tags arch, depth, dataset, and the sweep a run belongs to (its directory)."""
+    tags = [f"arch:{record.arch}", f"depth:{record.depth}", f"dataset:{record.dataset}"]
+    return [*tags, f"sweep:{record.sweep}"] if record.sweep else tags
 
 
 def start(
@@ -151,14 +135,15 @@ class CometRun:
     def info(self) -> dict[str, str]:
         return {"mode": self.mode}
 
-    def finish(self, summary: dict[str, Any]) -> dict[str, str]:
-        """Log the summary's figures, end the experiment (one per run, also inside a multirun), and
+    def finish(self, record: RunRecord | None = None) -> dict[str, str]:
+        """Log the record's figures, end the experiment (one per run, also inside a multirun), and
         return where its data went: the online URL, and an archive when Comet wrote one (offline, or
         online after losing the server)."""
         info = self.info
         try:
+            values = record.to_json() if record else {}
             figures = {
-                k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
             self.experiment.log_metrics(figures)
             self.experiment.end()
@@ -180,34 +165,3 @@ class CometRun:
         elif self.mode == "offline":
             log.warning("Comet wrote no offline archive")
         return info
-
-
-class CometLogger(Logger):
-    """Sends Lightning's logged hyperparameters and metrics to a Comet experiment (rank 0 only)."""
-
-    def __init__(self, experiment: Any) -> None:
-        super().__init__()
-        self._experiment = experiment
-
-    @property
-    def name(self) -> str:
-        return "comet"
-
-    @property
-    def version(self) -> str:
-        return self._experiment.id
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> Any:
-        return self._experiment
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Mapping[str, Any], *args: Any, **kwargs: Any) -> None:
-        self._experiment.log_parameters(flatten(params))
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float | torch.Tensor], step: int | None = None) -> None:
-        values = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
-        epoch = values.pop("epoch", None)
-        self._experiment.log_metrics(values, step=step, epoch=None if epoch is None else int(epoch))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-from experiments.errors import UserError, one_line
+from experiments.errors import UserError, one_line, traceback_wanted
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +66,8 @@ def report(directories: list[Path], out: Path, logger: str = "comet", online: st
 def _log_to_comet(runs: list, out: Path, figures: list[Path], online: str | bool) -> None:
     from omegaconf import OmegaConf
 
-    from experiments.app import CONF_DIR
-    from experiments.logging import comet
+    from experiments.config import CONF_DIR
+    from experiments.tracking import comet
 
     sweeps = sorted({f"sweep:{run.get('sweep')}" for run in runs if run.get("sweep")})
     logger = {**OmegaConf.load(CONF_DIR / "logger" / "comet.yaml"), "online": online}
@@ -82,20 +81,20 @@ def _log_to_comet(runs: list, out: Path, figures: list[Path], online: str | bool
         comet_run.experiment.log_table(str(out / "runs.csv"))  # shown by Comet as a data table
     except Exception as error:  # the local report is written; Comet must not fail the command
         log.warning(f"Comet could not take the report ({error})")
-    comet_run.finish({})
+    comet_run.finish()
 
 
 def main(args: list[str]) -> int:
     options = _parser().parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    from experiments.logging.noise import silence_library_noise
+    from experiments.tracking.noise import silence_library_noise
 
     silence_library_noise()
     out = options.out or options.dirs[0] / "report"
     try:
         path = report(options.dirs, out, options.logger, options.online)
     except Exception as error:
-        if not isinstance(error, UserError) and os.environ.get("HYDRA_FULL_ERROR"):
+        if not isinstance(error, UserError) and traceback_wanted():
             raise
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1

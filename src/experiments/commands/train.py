@@ -1,0 +1,215 @@
+"""`experiments train`: one run, top to bottom: build, fit, test, record."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.utilities import rank_zero_only
+
+from experiments import distributed
+from experiments.build import build_datamodule, build_model, build_module, build_trainer, new_record
+from experiments.device import Device, cluster_plugins, resolve_device
+from experiments.errors import RunFailed, UserError, describe, traceback_wanted
+from experiments.measure.cost import TrainingCost
+from experiments.measure.param_grads import ParamGradNorms
+from experiments.module import Diverged
+from experiments.record import RunRecord, read_metrics, write_record
+from experiments.tracking import comet
+from experiments.tracking.epochs import EpochRecord
+from experiments.tracking.loggers import AppendingCSVLogger
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> RunRecord:
+    """Train, test and record one run in `run_dir`, resuming it if it was cut short; returns its record."""
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    device = resolve_device(cfg)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    record = new_record("train", cfg, model, datamodule, device, sweep)
+    resume = Resume.find(cfg, run_dir)
+    cost = TrainingCost(cfg.measure.warmup_steps)
+    module = build_module(cfg, model, device)
+    grads = ParamGradNorms(cfg.measure.grad_norm_every) if cfg.measure.grad_norm_every > 0 else None
+    measures = [cost, grads] if cfg.measure.enabled else []
+    epochs = EpochRecord(
+        run_dir / "metrics.csv",
+        print_lines=not sys.stdout.isatty(),
+        sources=[lambda: module.epoch_metrics("train"), *(m.end_epoch for m in measures if m)],
+    )
+    trainer = _trainer(cfg, run_dir, device, [epochs, *(m for m in measures if m)])
+    tracker = _start_tracking(cfg, run_dir, record, resume) if rank_zero_only.rank == 0 else None
+    trainer.loggers = _loggers(cfg, run_dir, tracker, resume)
+    outcome = fit_and_test(trainer, module, datamodule, resume.path, cfg, run_dir)
+    if rank_zero_only.rank != 0:
+        return outcome.conclude(record, None)
+    final = epochs.rows[-1] if epochs.rows else {}
+    record.status, record.error = outcome.status, outcome.message
+    record.test_error, record.epochs = outcome.test_error, trainer.current_epoch
+    record.train_error, record.val_error = _error(final.get("train/acc")), _error(final.get("val/acc"))
+    record.train_loss, record.val_loss = _float(final.get("train/loss")), _float(final.get("val/loss"))
+    if cfg.measure.enabled:
+        record.update(**cost.summary())
+    record.param_grad_norms = _param_grad_norms(run_dir / "metrics.csv", [b.part for b in model.blocks()])
+    record.cuda_graph_steps = module.step_graph.replays if module.step_graph else 0
+    record.wall_time_s = round(time.perf_counter() - started, 2)
+    if tracker:
+        record.comet = tracker.finish(record)
+    return outcome.conclude(record, run_dir / "summary.json")
+
+
+@dataclass
+class Resume:
+    """Where a run starts from: its own last checkpoint (a re-run or requeued job goes on from there), else
+    `ckpt_path` if given, else nothing."""
+
+    path: Path | None = None
+    epoch: int | None = None  # the epoch the checkpoint ended
+    step: int = -1  # its global step
+
+    @classmethod
+    def find(cls, cfg: DictConfig, run_dir: Path) -> Resume:
+        own = run_dir / "checkpoints" / "last.ckpt"
+        path = own if own.exists() else Path(cfg.ckpt_path).expanduser() if cfg.ckpt_path else None
+        if path is None:
+            return cls()
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            return cls(path, int(checkpoint["epoch"]), int(checkpoint["global_step"]))
+        except Exception as error:
+            raise UserError(
+                f"checkpoint {path} is unreadable or not a Lightning checkpoint ({type(error).__name__}); "
+                "delete it to start afresh or pass another ckpt_path"
+            ) from None
+
+
+def _trainer(cfg: DictConfig, run_dir: Path, device: Device, callbacks: list[pl.Callback]) -> pl.Trainer:
+    tty = sys.stdout.isatty()
+    # checkpoints/last.ckpt, replaced at the end of every epoch (after metrics.csv has its row)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    return build_trainer(
+        cfg,
+        default_root_dir=run_dir,
+        callbacks=[*callbacks, checkpoint, *([RichProgressBar()] if tty else [])],
+        precision=device.precision,
+        enable_checkpointing=True,
+        enable_progress_bar=tty,
+        plugins=cluster_plugins(),
+    )
+
+
+def _start_tracking(
+    cfg: DictConfig, run_dir: Path, record: RunRecord, resume: Resume
+) -> comet.CometRun | None:
+    log.info(f"{record.label}: {record.params:,} parameters, {record.stem} stem, run dir {run_dir}")
+    if resume.path:
+        log.info(f"resuming from {resume.path}, saved at the end of epoch {resume.epoch + 1}")
+    return comet.start(cfg.logger, run_dir, record.label, comet.run_tags(record), resume.epoch)
+
+
+def _loggers(cfg: DictConfig, run_dir: Path, tracker: comet.CometRun | None, resume: Resume) -> list:
+    loggers = [tracker.logger] if tracker is not None else []
+    if cfg.logger.name == "csv":
+        loggers.append(AppendingCSVLogger(str(run_dir), resume_step=resume.step))
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return loggers
+
+
+@dataclass
+class Outcome:
+    """How fit and test ended: the run's status, and the error that ended it otherwise."""
+
+    status: str
+    test_error: float | None = None
+    error: BaseException | None = None
+
+    @property
+    def message(self) -> str | None:
+        if self.error is None:
+            return None
+        if self.status == "interrupted":
+            return type(self.error).__name__
+        return str(self.error) if self.status == "diverged" else describe(self.error)
+
+    def conclude(self, record: RunRecord, path: Path | None) -> RunRecord:
+        """Write the record (rank 0), then return it if the run completed, or stop: an interrupt stops a
+        sweep too; any other end is a RunFailed with its one line (or the traceback, if asked for)."""
+        if path is not None:
+            write_record(path, record)
+        if self.status == "completed":
+            if path is not None:
+                errors = ", ".join(
+                    f"{s} error {_fraction(getattr(record, f'{s}_error'))}" for s in ("train", "val", "test")
+                )
+                log.info(
+                    f"{record.label}: {errors} after {record.epochs} epochs ({record.wall_time_s:.0f}s); "
+                    f"summary: {path}"
+                )
+            return record
+        if self.status == "interrupted":
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl+C works again
+            raise KeyboardInterrupt
+        if traceback_wanted() and self.error is not None and not isinstance(self.error, UserError):
+            raise self.error
+        where = f" (record: {path})" if path else ""
+        raise RunFailed(f"run {self.status}: {self.message}{where}")
+
+
+def fit_and_test(
+    trainer: pl.Trainer, module, datamodule, ckpt_path: Path | None, cfg: DictConfig, run_dir: Path
+) -> Outcome:
+    """Fit (resuming from `ckpt_path`), then test; every way this can end turned into an Outcome here."""
+    try:
+        with distributed.worker_env(cfg, run_dir):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
+        return Outcome("completed", test_error=1 - test["test/acc"])
+    except Diverged as error:
+        return Outcome("diverged", error=error)
+    except (KeyboardInterrupt, SystemExit) as error:  # Lightning turns Ctrl+C into SystemExit
+        return Outcome("interrupted", error=error)
+    except Exception as error:
+        return Outcome("failed", error=error)
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _float(value: object) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+def _error(accuracy: object) -> float | None:
+    return None if accuracy in (None, "") else 1 - float(accuracy)
+
+
+def _param_grad_norms(metrics: Path, parts: list[str]) -> dict[str, list[float | None]] | None:
+    """Per part of the net (in `parts`' order), its mean parameter-gradient norm in each epoch, from
+    metrics.csv's columns."""
+    rows = read_metrics(metrics)
+    measured = {
+        k.removeprefix("param_grad_norm/") for row in rows for k in row if k.startswith("param_grad_norm/")
+    }
+    norms = {
+        part: [_float(row.get(f"param_grad_norm/{part}")) for row in rows] for part in dict.fromkeys(parts)
+    }
+    return {part: values for part, values in norms.items() if part in measured} or None

@@ -1,0 +1,39 @@
+"""Where the Hydra configs live, the arch presets as Hydra options, and composing a config in-process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from experiments.specs import PRESETS
+
+# conf/ beside src/ in a checkout (an editable install), else where `pip install .` put it
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+if not CONF_DIR.is_dir():
+    CONF_DIR = Path(sys.prefix) / "share" / "experiments" / "conf"
+
+
+def register_presets() -> None:
+    """Every preset of `experiments.specs` as an option of the `arch` group (`arch=resnet56`): its family's
+    config (conf/arch/<family>.yaml) with the preset's values over it. Presets have no YAML of their own, so
+    the zoo and the config cannot disagree."""
+    store = ConfigStore.instance()
+    for name, preset in PRESETS.items():
+        values = {key: value for key, value in preset.items() if key != "family"}
+        store.store(group="arch", name=name, node={"defaults": [preset["family"], "_self_"], **values})
+
+
+def compose(command: str, overrides: list[str] = ()) -> DictConfig:
+    """The config of `experiments COMMAND OVERRIDES`, composed as Hydra composes it for a run (tests,
+    benchmarks and `report`'s Comet settings use it)."""
+    register_presets()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(command, list(overrides))
+
+
+register_presets()

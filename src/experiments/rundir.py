@@ -1,0 +1,252 @@
+"""A run's directory: named after its config, owned by one process while the run lives, never shared.
+
+The name is `resnet56-cifar10-s0-1a2b3c`: what runs plus a hash of the whole config, so the same command (or
+a requeued SLURM job) finds the same directory and its checkpoint, and two configs never share one. A
+directory holding another config is refused before anything in it is touched. While a run trains, a lock
+file names its holder (host, PID, SLURM job); a second process on the same run refuses, and a holder that
+died (a SIGKILL, a crashed node, a requeued job) is recognised as gone, so its resume is not blocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.errors import UserError
+from experiments.specs import DENSENET_DEFAULTS
+
+log = logging.getLogger(__name__)
+
+# Keys added to the config after run directories were first named by its hash: at these values they are
+# left out of it, so that an upgrade does not move every existing run to a new directory.
+HASH_NEUTRAL: dict[str, Any] = {
+    "arch.stem": "auto",
+    "arch.pretrained": None,
+    "arch.freeze": "none",
+}
+
+
+def hashed(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config (a plain dict, without `hydra`) that names its run: neutral keys at their
+    neutral values removed, and a DenseNet's form-dependent nulls as the values they become, so that
+    `arch=densenet` and `arch=densenet40` (the same net) share a directory."""
+    config = json.loads(json.dumps(config, default=str))  # a deep copy
+    config.pop("hydra", None)
+    for dotted, neutral in HASH_NEUTRAL.items():
+        *parents, key = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node and node[key] == neutral:
+            del node[key]
+    arch = config.get("arch")
+    if isinstance(arch, dict) and arch.get("name") == "densenet":
+        defaults = DENSENET_DEFAULTS.get(arch.get("form"), {})
+        arch.update({k: v for k, v in defaults.items() if k in arch and arch[k] is None})
+    return config
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(hashed(config), sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def run_name(*, _root_: DictConfig) -> str:
+    """The `run_name` resolver of conf/hydra/default.yaml: `resnet56-cifar10-s0-1a2b3c`."""
+    config = OmegaConf.to_container(_root_, resolve=False)
+    arch, depth, dataset, seed = (
+        OmegaConf.select(_root_, key, default="")
+        for key in ("arch.name", "arch.depth", "dataset.name", "seed")
+    )
+    return f"{arch}{depth}-{dataset}-s{seed}-{config_hash(config)}"
+
+
+def unique_dir(pattern: str) -> str:
+    """A new directory named by `pattern` (strftime), suffixed -2, -3, ... when a sweep already took it."""
+    base = time.strftime(pattern)
+    for n in range(1, 1000):
+        path = base if n == 1 else f"{base}-{n}"
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"could not create a new sweep directory under {base}")
+
+
+# Cached: Hydra copies resolver caches into every job's config (and pickles them for SLURM jobs), so a
+# sweep's directory is resolved once and stays the same for all its jobs, requeued ones included.
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("unique_dir", unique_dir, use_cache=True, replace=True)
+
+
+def remove_if_empty(directory: Path, parents: int = 0) -> None:
+    """Remove `directory` if it is empty, then as many as `parents` of its parents that are left empty (a run
+    or sweep that wrote nothing takes away the folders made for it)."""
+    for folder in [directory, *directory.parents][: parents + 1]:
+        if not folder.is_dir() or any(folder.iterdir()) or folder == Path.cwd():
+            return
+        folder.rmdir()
+
+
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:
+        return {"unreadable": str(path)}
+
+
+def check_config(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse `run_dir` when it holds another run's config: nothing of it may be touched."""
+    saved = saved_config(run_dir)
+    if saved is None:
+        return
+    new = hashed(OmegaConf.to_container(cfg, resolve=False))
+    old = hashed(saved)
+    if new != old:
+        raise UserError(
+            f"{run_dir} holds another run ({_first_difference(old, new)}); nothing was changed: give "
+            "another hydra.run.dir"
+        )
+
+
+def _first_difference(old: Any, new: Any, prefix: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, "<absent>") != new.get(key, "<absent>"):
+                return _first_difference(
+                    old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}."
+                )
+    return f"{prefix.rstrip('.')}: {old!r} there, {new!r} here"
+
+
+LOCK_NAME = ".lock"
+HEARTBEAT_S = 20  # the holder touches its lock this often...
+STALE_AFTER_S = 180  # ...so one on another host that has not in this long is gone
+
+
+def _process_start(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot, from /proc): tells a live process from a reused PID."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a run directory: written into its lock file."""
+
+    host: str
+    pid: int
+    started: str | None  # the process's start time (Linux), None where unknown
+    slurm_job: str | None
+    slurm_restart: int
+
+    @classmethod
+    def me(cls) -> Holder:
+        return cls(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=_process_start(os.getpid()),
+            slurm_job=os.environ.get("SLURM_JOB_ID"),
+            slurm_restart=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+        )
+
+    def describe(self) -> str:
+        job = f", SLURM job {self.slurm_job}" if self.slurm_job else ""
+        return f"process {self.pid} on {self.host}{job}"
+
+    def gone(self, lock: Path) -> bool:
+        """Whether this holder can no longer be running the run."""
+        me = Holder.me()
+        if self.slurm_job and self.slurm_job == me.slurm_job:
+            return me.slurm_restart > self.slurm_restart  # this job was requeued: its last run is over
+        if self.host == me.host:
+            return not Path(f"/proc/{self.pid}").exists() or _process_start(self.pid) != self.started
+        return time.time() - lock.stat().st_mtime > STALE_AFTER_S
+
+
+class RunLock:
+    """The lock file of a run directory: created atomically, refreshed while held, removed on release."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        self.text = json.dumps(asdict(Holder.me()))
+        self._stop = threading.Event()
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._break_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self.text)
+            threading.Thread(target=self._heartbeat, name="run-lock", daemon=True).start()
+            return
+        raise UserError(f"could not lock {self.path.parent}: other processes keep taking it")
+
+    def _break_if_stale(self) -> None:
+        """Remove the lock of a holder that is gone; a live holder is the user's one-line error."""
+        try:
+            text = self.path.read_text()
+            holder = Holder(**json.loads(text))
+        except FileNotFoundError:
+            return
+        except (ValueError, TypeError):  # being written this instant, or damaged long ago
+            if time.time() - self.path.stat().st_mtime < 10:
+                raise UserError(f"{self.path.parent} is being claimed by another process") from None
+            holder, text = None, None
+        if holder is not None and not holder.gone(self.path):
+            raise UserError(
+                f"{self.path.parent} is in use by another run ({holder.describe()}); wait for it to end"
+            )
+        # take the stale lock aside, and give it back if someone renewed it meanwhile
+        aside = self.path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.path, aside)
+            if text is not None and aside.read_text() != text:
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, self.path)
+            aside.unlink()
+        if holder is not None:
+            log.info(f"{self.path.parent}: the last holder ({holder.describe()}) is gone; taking over")
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            if self.path.read_text() == self.text:
+                self.path.unlink()
+
+
+@contextlib.contextmanager
+def owned(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for the block: another process on it refuses with one line naming the holder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

@@ -1,0 +1,279 @@
+"""Every known config key checked before torch is imported: one table, one line per mistake.
+
+A refusal names the key, what it got and what is valid, in about a second and before anything is written.
+Keys the table does not know (`+trainer.NAME=...`) go to their library, which judges them later.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import specs
+from experiments.errors import UserError
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PRECISIONS = (
+    "auto",
+    "32-true",
+    "32",
+    "16-mixed",
+    "16",
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "64",
+)
+SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.IGNORECASE)
+
+
+def _int(low: int = 0, high: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: (
+        isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+    )
+
+
+def _number(low: float = 0.0, high: float | None = None, low_open: bool = False, high_open: bool = False):
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        above = v > low if low_open else v >= low
+        below = high is None or (v < high if high_open else v <= high)
+        return above and below
+
+    return ok
+
+
+def _one_of(*valid: Any) -> Callable[[Any], bool]:
+    return lambda v: any(v == x and type(v) is type(x) for x in valid)
+
+
+def _fractions(v: Any) -> bool:
+    return isinstance(v, list) and all(_number(0, 1, True, True)(x) for x in v) and v == sorted(v)
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+_BOOL = _one_of(True, False)
+_AUTO_BOOL = _one_of("auto", True, False)
+# key: (check, what is valid)
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (_int(0, 2**32 - 1), "an integer from 0 to 4294967295"),
+    "arch.depth": (_int(1), "a positive integer (weighted layers)"),
+    "arch.form": (_one_of(*specs.FORMS), " or ".join(specs.FORMS)),
+    "arch.shortcut": (_optional(_one_of(*specs.SHORTCUTS)), "A, B, none or null"),
+    "arch.bottleneck": (_optional(_BOOL), "true, false or null"),
+    "arch.growth_rate": (_optional(_int(1)), "a positive integer or null"),
+    "arch.compression": (_optional(_number(0, 1, low_open=True)), "a number in (0, 1] or null"),
+    "arch.drop_rate": (_number(0, 1, high_open=True), "a number in [0, 1)"),
+    "arch.zero_init_residual": (_BOOL, "true or false"),
+    "arch.memory_efficient": (_BOOL, "true or false"),
+    "arch.stem": (_one_of(*specs.STEMS), ", ".join(specs.STEMS)),
+    "arch.freeze": (_one_of("none", "backbone"), "none or backbone"),
+    "compile": (
+        _one_of(False, True, *COMPILE_MODES),
+        f"false, true or a torch.compile mode ({', '.join(COMPILE_MODES)})",
+    ),
+    "cuda_graph": (_AUTO_BOOL, "auto, true or false"),
+    "precision": (lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "channels_last": (_AUTO_BOOL, "auto, true or false"),
+    "ckpt_path": (_optional(lambda v: isinstance(v, str) and v != ""), "null or the path of a checkpoint"),
+    "dataset.batch_size": (_int(1), "a positive integer"),
+    "dataset.val_size": (_int(0), "an integer >= 0 (0: no validation split)"),
+    "dataset.crop_padding": (_int(0), "an integer >= 0"),
+    "dataset.flip": (_BOOL, "true or false"),
+    "dataset.image_size": (_int(1), "a positive integer"),
+    "dataset.channels": (_int(1), "a positive integer"),
+    "dataset.num_classes": (_int(2), "an integer >= 2"),
+    "dataset.train_size": (_int(1), "a positive integer"),
+    "dataset.test_size": (_int(1), "a positive integer"),
+    "dataset.num_workers": (lambda v: v == "auto" or _int(0)(v), "auto or an integer >= 0"),
+    "dataset.path": (lambda v: isinstance(v, str) and v != "", "a folder holding train/ and val/"),
+    "trainer.max_epochs": (_int(1), "an integer >= 1"),
+    "trainer.devices": (
+        lambda v: v == "auto" or _int(1)(v) or isinstance(v, (list, str)),
+        "a positive integer, a list of device ids or auto",
+    ),
+    "trainer.num_nodes": (_int(1), "a positive integer"),
+    "optim.lr": (_number(0, low_open=True), "a finite number > 0"),
+    "optim.momentum": (_number(0, 1, high_open=True), "a number in [0, 1)"),
+    "optim.weight_decay": (_number(0), "a finite number >= 0"),
+    "optim.nesterov": (_BOOL, "true or false"),
+    "optim.betas": (
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_number(0, 1, high_open=True)(b) for b in v),
+        "two numbers in [0, 1)",
+    ),
+    "schedule.warmup_steps": (_int(0), "an integer >= 0"),
+    "schedule.warmup_until_train_error": (
+        _optional(_number(0, 1, True, True)),
+        "null or a fraction in (0, 1)",
+    ),
+    "schedule.milestones": (_fractions, "increasing fractions of training in (0, 1)"),
+    "schedule.gamma": (_number(0, 1, low_open=True), "a number in (0, 1]"),
+    "logger.online": (_AUTO_BOOL, "auto, true or false"),
+    "measure.enabled": (_BOOL, "true or false"),
+    "measure.warmup_steps": (_int(0), "an integer >= 0"),
+    "measure.grad_norm_every": (_int(0), "an integer >= 0 (0: off)"),
+    "measure.signals": (_int(0), "an integer >= 0: signal steps per run (0: off)"),
+    "profile.batch_size": (_optional(_int(1)), "a positive integer or null"),
+    "profile.warmup_steps": (_int(0), "an integer >= 0"),
+    "profile.steps": (_int(1), "an integer >= 1"),
+}
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise a one-line UserError for the first setting of `cfg` that cannot run."""
+    check_keys(cfg)
+    spec = check_arch(cfg)
+    check_shape(cfg, spec)
+    check_paths(cfg)
+    check_accelerator(cfg)
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """Files and folders the config names must be there, and be what they should."""
+    if ckpt := cfg.get("ckpt_path"):
+        path = Path(ckpt).expanduser()
+        if not path.is_file():
+            raise UserError(f"ckpt_path: {path} does not exist")
+        if not _is_checkpoint(path):
+            raise UserError(
+                f"ckpt_path: {path} is not a PyTorch checkpoint (a zip archive that torch.save wrote)"
+            )
+    if cfg.dataset.get("_target_", "").endswith("ImageFolderData"):
+        root = Path(cfg.dataset.path).expanduser()
+        for folder in ("train", "val"):
+            if not (root / folder).is_dir():
+                raise UserError(
+                    f"dataset.path: {root / folder} is not a folder; imagefolder needs PATH/train/<class>/ "
+                    "and "
+                    "PATH/val/<class>/ image folders"
+                )
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU asked for must be there (the one check that imports torch, and only when a GPU is asked for)."""
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"trainer.accelerator={accelerator} but no CUDA GPU is visible here; use trainer=cpu or "
+                "trainer=default"
+            )
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A file that torch.save wrote: a zip archive holding a pickle (read without torch)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """The secrets rule, then each key of the table on its own (a sweep's shared config is checked so)."""
+    _check_secrets(OmegaConf.to_container(cfg, resolve=False))
+    cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    if missing := sorted(OmegaConf.missing_keys(cfg)):
+        raise UserError(f"{missing[0]} must be set: add {missing[0]}=VALUE to the command")
+    for key, (ok, valid) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        if not ok(value):
+            raise UserError(f"{key} must be {valid}, got {_shown(value)}")
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return (
+        repr(value)
+        if isinstance(value, str)
+        else str(value).replace("True", "true").replace("False", "false")
+    )
+
+
+def check_arch(cfg: DictConfig) -> specs.Spec:
+    """The arch config as the spec it builds, or a one-line UserError naming what is wrong."""
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    name = arch.pop("name")
+    pretrained = arch.pop("pretrained", None)
+    arch.pop("freeze", None)
+    if (
+        pretrained is not None
+        and pretrained != "torchvision"
+        and not Path(str(pretrained)).expanduser().is_file()
+    ):
+        raise UserError(
+            f"arch.pretrained must be torchvision or a state-dict file, got {_shown(pretrained)}: "
+            "no such file"
+        )
+    if pretrained and arch.get("stem") in (None, "auto"):
+        arch["stem"] = "imagenet"
+    try:
+        return specs.resolve(name, image_size=dataset_shape(cfg)[2], **arch)
+    except ValueError as error:
+        raise UserError(f"arch: {error}") from None
+
+
+def dataset_shape(cfg: DictConfig) -> tuple[int, int, int]:
+    """(classes, channels, image size) of the configured dataset; 0 classes where only the files can say."""
+    name = cfg.dataset.name
+    if name in specs.DATASETS:
+        return specs.DATASETS[name]
+    return (
+        cfg.dataset.get("num_classes", 0),
+        cfg.dataset.get("channels", 3),
+        cfg.dataset.get("image_size", 32),
+    )
+
+
+def check_shape(cfg: DictConfig, spec: specs.Spec) -> None:
+    """Refuse images too small for the net: its pools would shrink them to nothing, or batch norm would get a
+    single value per channel in training."""
+    size = dataset_shape(cfg)[2]
+    smallest = specs.min_image_size(spec)
+    if size < smallest:
+        raise UserError(
+            f"{spec.label}{spec.depth} needs images of at least {smallest} px ({spec.form} form, {spec.stem} "
+            f"stem); the dataset's are {size} px"
+        )
+    batch = OmegaConf.select(cfg, "profile.batch_size") or cfg.dataset.batch_size
+    if batch * specs.final_map_size(spec, size) ** 2 < 2:
+        raise UserError(
+            f"dataset.batch_size={batch} with {size} px images leaves batch norm one value per channel at "
+            "the last stage; use a batch of 2 or more"
+        )
+
+
+def _check_secrets(config: Any, path: str = "") -> None:
+    """An API key in the config would be written to .hydra/, multirun.yaml and the Comet archive."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            where = f"{path}{key}"
+            if SECRET_KEY.search(str(key)) and value not in (None, "", "???"):
+                raise UserError(
+                    f"{where}: a secret in the config would be written to disk; set COMET_API_KEY in the "
+                    f"environment (or run `comet login`) instead, and give no {where}"
+                )
+            _check_secrets(value, f"{where}.")
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            _check_secrets(value, f"{path}{i}.")
