@@ -47,7 +47,7 @@ def report(directories: list[Path], out: Path, logger: str = "comet", online: st
     runs = [run for run in find_runs(directories) if out not in run.path.parents]
     if not runs:
         raise UserError(f"no runs under {', '.join(map(str, directories))} (a run directory holds .hydra/)")
-    from experiments.report import plots, tables
+    from experiments.report import aggregate, plots, tables
 
     out.mkdir(parents=True, exist_ok=True)
     figures, missing = {}, []
@@ -57,6 +57,7 @@ def report(directories: list[Path], out: Path, logger: str = "comet", online: st
         if not drawn:
             missing.append(name)
     tables.write_csv(runs, out / "runs.csv")
+    aggregate.write_csv(aggregate.groups(runs), out / "aggregate.csv")
     tables.write_markdown(runs, directories, figures, missing, out / "report.md")
     if logger == "comet":
         _log_to_comet(runs, out, list(figures.values()), {"true": True, "false": False}.get(online, online))
@@ -64,23 +65,28 @@ def report(directories: list[Path], out: Path, logger: str = "comet", online: st
 
 
 def _log_to_comet(runs: list, out: Path, figures: list[Path], online: str | bool) -> None:
+    """One experiment tagged `report` (and with the sweeps it covers): the figures, the data behind them as
+    curves (tracking.dashboard), report.md and the runs table."""
     from omegaconf import OmegaConf
 
     from experiments.config import CONF_DIR
-    from experiments.tracking import comet
+    from experiments.tracking import comet, dashboard
 
     sweeps = sorted({f"sweep:{run.get('sweep')}" for run in runs if run.get("sweep")})
     logger = {**OmegaConf.load(CONF_DIR / "logger" / "comet.yaml"), "online": online}
     comet_run = comet.start(logger, out, f"report {out}", ["report", *sweeps])
-    if comet_run is None:
+    if comet_run is None or comet_run.experiment is None:
         return
+    experiment = comet_run.experiment
     try:
         for figure in figures:
-            comet_run.experiment.log_image(str(figure), name=figure.stem)
-        comet_run.experiment.log_asset(str(out / "report.md"))
-        comet_run.experiment.log_table(str(out / "runs.csv"))  # shown by Comet as a data table
+            experiment.log_image(str(figure), name=figure.stem)
+        dashboard.log_report_curves(experiment, runs)
+        experiment.log_asset(str(out / "report.md"))
+        experiment.log_table(str(out / "runs.csv"))  # shown by Comet as a data table
     except Exception as error:  # the local report is written; Comet must not fail the command
-        log.warning(f"Comet could not take the report ({error})")
+        comet.note(f"could not take the whole report: {error!r}")
+        log.warning(f"Comet could not take the whole report ({type(error).__name__}: {error})")
     comet_run.finish()
 
 

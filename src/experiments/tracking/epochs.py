@@ -34,9 +34,13 @@ class EpochRecord(pl.Callback):
     """
 
     def __init__(
-        self, path: Path, print_lines: bool, sources: Sequence[Callable[[], Mapping[str, float]]]
+        self,
+        path: Path,
+        print_lines: bool,
+        sources: Sequence[Callable[[], Mapping[str, float]]],
+        prefix: str = "",
     ) -> None:
-        self.path, self.print_lines, self.sources = path, print_lines, sources
+        self.path, self.print_lines, self.sources, self.prefix = path, print_lines, sources, prefix
         self.rows = read_rows(path)  # kept if fit has no epoch left to run
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -64,4 +68,4 @@ class EpochRecord(pl.Callback):
         if self.print_lines:
             shown = "  ".join(f"{k} {_format(metrics[k])}" for k in (*PRINTED, *TIMINGS) if k in metrics)
             epoch = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
-            log.info(f"{epoch}  {shown}  ({logged['epoch_time_s']:.1f}s)")
+            log.info(f"{self.prefix}{epoch}  {shown}  ({logged['epoch_time_s']:.1f}s)")

@@ -3,6 +3,7 @@ tracking.comet) and Lightning's CSV logger, made to append on resume instead of 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,12 @@ class CometLogger(Logger):
     """Sends Lightning's logged hyperparameters and metrics to a Comet experiment (rank 0 only).
 
     Lightning's own CometLogger cannot log offline in 2.5-2.6 (`online=False` becomes `disabled=True`), so
-    this one logs to an experiment the run started itself (tracking.comet).
+    this one logs to an experiment the run started itself (tracking.comet). Over no experiment (Comet
+    disabled: its folder cannot be written) it logs nothing. Comet failing mid-run never fails the run: what
+    it refused is noted in comet/comet.log.
     """
 
-    def __init__(self, experiment: Any) -> None:
+    def __init__(self, experiment: Any | None) -> None:
         super().__init__()
         self._experiment = experiment
 
@@ -44,7 +47,7 @@ class CometLogger(Logger):
 
     @property
     def version(self) -> str:
-        return self._experiment.id
+        return self._experiment.id if self._experiment is not None else "disabled"
 
     @property
     @rank_zero_experiment
@@ -53,13 +56,24 @@ class CometLogger(Logger):
 
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any], *args: Any, **kwargs: Any) -> None:
-        self._experiment.log_parameters(flatten(params))
+        if self._experiment is not None:
+            _guarded(self._experiment.log_parameters, flatten(params))
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float | torch.Tensor], step: int | None = None) -> None:
+        if self._experiment is None:
+            return
         values = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
         epoch = values.pop("epoch", None)
-        self._experiment.log_metrics(values, step=step, epoch=None if epoch is None else int(epoch))
+        _guarded(self._experiment.log_metrics, values, step=step, epoch=None if epoch is None else int(epoch))
+
+
+def _guarded(call: Any, *args: Any, **kwargs: Any) -> None:
+    """comet_ml only queues data here; should it raise anyway, the run goes on and comet.log says why."""
+    try:
+        call(*args, **kwargs)
+    except Exception as error:
+        logging.getLogger("comet_ml").error(f"could not log {call.__name__}: {error!r}")
 
 
 class _AppendingWriter(ExperimentWriter):
