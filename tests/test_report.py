@@ -47,16 +47,20 @@ def test_report_tables_and_figures(sweep_with_casualties, cli, workdir):
         "memory_efficient",
         "command",
         "dataset",
+        "precision",
         "batch",
         "params",
+        "macs",
         "flops",
         "activation_memory",
+        "activation_memory_at_precision",
         "peak_memory",
         "step_time_ms",
         "epochs",
         "train_error",
         "val_error",
         "test_error",
+        "paper_test_error",
         "status",
         "run_dir",
     ]
@@ -71,7 +75,10 @@ def test_report_tables_and_figures(sweep_with_casualties, cli, workdir):
     assert float(rows[0]["params"]) > 0 and 0 <= float(rows[0]["train_error"]) <= 1
 
     markdown = (out / "report.md").read_text()
-    assert markdown.count("| plain |") == 2 and markdown.count("| resnet |") == 2
+    assert (
+        markdown.count("| plain | 8") + markdown.count("| plain | 14") == 2
+        and markdown.count("| resnet |") == 2
+    )
     assert "RuntimeError: out of memory" in markdown and "unfinished" in markdown
     assert f"{sweep}/odd/summary.json: depth is [20], which is not" in markdown
     figures = sorted(p.name for p in out.glob("*.png"))
@@ -80,8 +87,10 @@ def test_report_tables_and_figures(sweep_with_casualties, cli, workdir):
         "activation_memory.png",
         "error_vs_depth.png",
         "param_grad_norms.png",
+        "signal_propagation.png",
         "step_time.png",
         "training_error_digits.png",
+        "update_ratio.png",
     ]
     for figure in figures:
         assert f"]({figure})" in markdown

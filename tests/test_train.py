@@ -144,6 +144,7 @@ def test_other_loggers(cli, workdir):
         ".hydra",
         "checkpoints",
         "metrics.csv",
+        "signals.csv",
         "summary.json",
         "train.log",
     ]

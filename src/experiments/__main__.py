@@ -10,10 +10,13 @@ import sys
 COMMANDS = {
     "train": ("train one run (or a sweep with -m); Hydra overrides, e.g. arch=resnet arch.depth=56", "hydra"),
     "profile": ("params, FLOPs, activation memory, step time of a model; no dataset needed", "hydra"),
-    "report": (
-        "tables and figures from finished runs: experiments report DIR [DIR ...]",
-        "experiments.commands.report",
+    "probe": ("signal propagation per block at initialisation (or from ckpt_path), on one batch", "hydra"),
+    "lesion": (
+        "test error of trained runs with blocks deleted: lesion RUN_DIR ...",
+        "experiments.commands.lesion",
     ),
+    "reuse": ("DenseNet feature-reuse map of trained runs: reuse RUN_DIR ...", "experiments.commands.reuse"),
+    "report": ("tables and figures from finished runs: report DIR [DIR ...]", "experiments.commands.report"),
 }
 
 USAGE = f"""\
@@ -28,6 +31,8 @@ examples:
   experiments train arch=resnet arch.depth=20 dataset=digits trainer.max_epochs=3
   experiments train -m arch=plain,resnet arch.depth=20,56 dataset=digits
   experiments profile -m arch=densenet_bc arch.depth=40,100 arch.memory_efficient=false,true
+  experiments probe -m arch=plain,resnet arch.depth=20,56,110
+  experiments lesion multirun/2026-11-27/10-00-00/*
   experiments report multirun/2026-11-27/10-00-00
 
 `experiments train --help` lists the config groups and options; `--cfg job` prints the composed config.
@@ -60,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.app import run
 
         return run(command, rest)
-    return importlib.import_module(runner).main(rest)
+    try:
+        return importlib.import_module(runner).main(rest)
+    except SystemExit as done:  # argparse's --help and its one-line refusals end so
+        return done.code if isinstance(done.code, int) else 0
 
 
 if __name__ == "__main__":

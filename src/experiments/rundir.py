@@ -35,21 +35,24 @@ HASH_NEUTRAL: dict[str, Any] = {
     "arch.stem": "auto",
     "arch.pretrained": None,
     "arch.freeze": "none",
+    "measure.signals_every": "auto",
+    "schedule.warmup_until_train_error": None,
 }
 
 
-def hashed(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config (a plain dict, without `hydra`) that names its run: neutral keys at their
-    neutral values removed, and a DenseNet's form-dependent nulls as the values they become, so that
-    `arch=densenet` and `arch=densenet40` (the same net) share a directory."""
-    config = json.loads(json.dumps(config, default=str))  # a deep copy
+def hashed(cfg: DictConfig) -> dict[str, Any]:
+    """The part of a config that names its run, as a plain dict without `hydra`: neutral keys whose value
+    (resolved: an experiment may compute one) is the neutral one left out, and a DenseNet's form-dependent
+    nulls as the values they become, so that `arch=densenet` and `arch=densenet40` (the same net) share a
+    directory. The rest stays as written, interpolations unresolved."""
+    config = OmegaConf.to_container(cfg, resolve=False)
     config.pop("hydra", None)
     for dotted, neutral in HASH_NEUTRAL.items():
         *parents, key = dotted.split(".")
         node = config
         for parent in parents:
             node = node.get(parent) if isinstance(node, dict) else None
-        if isinstance(node, dict) and key in node and node[key] == neutral:
+        if isinstance(node, dict) and key in node and _resolved(cfg, dotted) == neutral:
             del node[key]
     arch = config.get("arch")
     if isinstance(arch, dict) and arch.get("name") == "densenet":
@@ -58,18 +61,27 @@ def hashed(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(hashed(config), sort_keys=True, default=str).encode()).hexdigest()[:6]
+def _resolved(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+    except Exception:  # an interpolation that cannot resolve here: not the neutral value
+        return _UNRESOLVABLE
+
+
+_UNRESOLVABLE = object()
+
+
+def config_hash(cfg: DictConfig) -> str:
+    return hashlib.sha1(json.dumps(hashed(cfg), sort_keys=True, default=str).encode()).hexdigest()[:6]
 
 
 def run_name(*, _root_: DictConfig) -> str:
     """The `run_name` resolver of conf/hydra/default.yaml: `resnet56-cifar10-s0-1a2b3c`."""
-    config = OmegaConf.to_container(_root_, resolve=False)
     arch, depth, dataset, seed = (
         OmegaConf.select(_root_, key, default="")
         for key in ("arch.name", "arch.depth", "dataset.name", "seed")
     )
-    return f"{arch}{depth}-{dataset}-s{seed}-{config_hash(config)}"
+    return f"{arch}{depth}-{dataset}-s{seed}-{config_hash(_root_)}"
 
 
 def unique_dir(pattern: str) -> str:
@@ -100,14 +112,14 @@ def remove_if_empty(directory: Path, parents: int = 0) -> None:
         folder.rmdir()
 
 
-def saved_config(run_dir: Path) -> dict[str, Any] | None:
+def saved_config(run_dir: Path) -> DictConfig | None:
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         return None
     try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        return OmegaConf.load(path)
     except Exception:
-        return {"unreadable": str(path)}
+        return OmegaConf.create({"unreadable": str(path)})
 
 
 def check_config(run_dir: Path, cfg: DictConfig) -> None:
@@ -115,8 +127,7 @@ def check_config(run_dir: Path, cfg: DictConfig) -> None:
     saved = saved_config(run_dir)
     if saved is None:
         return
-    new = hashed(OmegaConf.to_container(cfg, resolve=False))
-    old = hashed(saved)
+    new, old = hashed(cfg), hashed(saved)
     if new != old:
         raise UserError(
             f"{run_dir} holds another run ({_first_difference(old, new)}); nothing was changed: give "

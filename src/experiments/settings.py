@@ -124,7 +124,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "measure.enabled": (_BOOL, "true or false"),
     "measure.warmup_steps": (_int(0), "an integer >= 0"),
     "measure.grad_norm_every": (_int(0), "an integer >= 0 (0: off)"),
-    "measure.signals": (_int(0), "an integer >= 0: signal steps per run (0: off)"),
+    "measure.signals_every": (
+        lambda v: v == "auto" or _int(0)(v),
+        "auto (about 50 steps a run, dense early), k (every k-th step) or 0 (off)",
+    ),
     "profile.batch_size": (_optional(_int(1)), "a positive integer or null"),
     "profile.warmup_steps": (_int(0), "an integer >= 0"),
     "profile.steps": (_int(1), "an integer >= 1"),
@@ -216,21 +219,17 @@ def check_arch(cfg: DictConfig) -> specs.Spec:
     name = arch.pop("name")
     pretrained = arch.pop("pretrained", None)
     arch.pop("freeze", None)
-    if (
-        pretrained is not None
-        and pretrained != "torchvision"
-        and not Path(str(pretrained)).expanduser().is_file()
-    ):
-        raise UserError(
-            f"arch.pretrained must be torchvision or a state-dict file, got {_shown(pretrained)}: "
-            "no such file"
-        )
     if pretrained and arch.get("stem") in (None, "auto"):
         arch["stem"] = "imagenet"
     try:
-        return specs.resolve(name, image_size=dataset_shape(cfg)[2], **arch)
+        spec = specs.resolve(name, image_size=dataset_shape(cfg)[2], **arch)
     except ValueError as error:
         raise UserError(f"arch: {error}") from None
+    if pretrained not in (None, "torchvision"):
+        path = Path(specs.weights_path(str(pretrained), spec)).expanduser()
+        if not path.is_file():
+            raise UserError(f"arch.pretrained must be torchvision or a state-dict file: {path} is not a file")
+    return spec
 
 
 def dataset_shape(cfg: DictConfig) -> tuple[int, int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -20,7 +21,9 @@ from experiments.tracking import comet
 log = logging.getLogger(__name__)
 
 
-def profile(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> RunRecord:
+def profile(
+    cfg: DictConfig, run_dir: Path, sweep: str | None = None, packed_with: list[str] | None = None
+) -> RunRecord:
     """Build the model, time a few training steps, and write its record (the training-only keys null).
 
     It measures at `profile.batch_size` (64 unless set; null for the dataset's batch size). Where training
@@ -32,22 +35,12 @@ def profile(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> RunReco
     shape = build_datamodule(cfg)  # only its shape: nothing is loaded or downloaded
     shape.batch_size = cfg.profile.batch_size or shape.batch_size
     model = build_model(cfg, shape)
-    record = new_record("profile", cfg, model, shape, device, sweep)
+    record = new_record("profile", cfg, model, shape, device, sweep, packed_with)
     warmup = cfg.profile.warmup_steps
     if use_cuda_graph(cfg, device):
         warmup = max(warmup, WARMUP_STEPS + 1)
     steps = warmup + cfg.profile.steps
-    data = Synthetic(
-        "synthetic",
-        image_size=shape.image_size,
-        channels=shape.in_channels,
-        num_classes=shape.num_classes,
-        train_size=steps * shape.batch_size,
-        val_size=0,
-        test_size=1,
-        batch_size=shape.batch_size,
-        seed=cfg.seed,
-    )
+    data = random_like(shape, steps * shape.batch_size, cfg.seed)
     cost = TrainingCost(warmup_steps=warmup)
     trainer = build_trainer(
         cfg,
@@ -59,7 +52,9 @@ def profile(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> RunReco
         callbacks=[cost],
         default_root_dir=run_dir,
     )
-    tracker = comet.start(cfg.logger, run_dir, record.label, ["profile", *comet.run_tags(record)])
+    tracker = comet.start(
+        cfg.logger, run_dir, record.label, ["profile", *comet.run_tags(record)], record=record
+    )
     try:
         trainer.fit(build_module(cfg, model, device), datamodule=data)
         record.update(status="completed", **cost.summary())
@@ -72,6 +67,21 @@ def profile(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> RunReco
         raise RunFailed(f"profile failed: {record.error} (record: {run_dir / 'summary.json'})")
     log.info(profile_line(record))
     return record
+
+
+def random_like(shape: Any, images: int, seed: int) -> Synthetic:
+    """Random images and labels of a data module's shape, `images` of them to train on."""
+    return Synthetic(
+        "synthetic",
+        image_size=shape.image_size,
+        channels=shape.in_channels,
+        num_classes=max(shape.num_classes, 2),
+        train_size=images,
+        val_size=0,
+        test_size=1,
+        batch_size=shape.batch_size,
+        seed=seed,
+    )
 
 
 def _gb(n: float | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from experiments.device import Device, cluster_plugins, resolve_device
 from experiments.errors import RunFailed, UserError, describe, traceback_wanted
 from experiments.measure.cost import TrainingCost
 from experiments.measure.param_grads import ParamGradNorms
+from experiments.measure.reuse import write_feature_reuse
+from experiments.measure.signals import SignalRecorder
+from experiments.models import DenseNet
 from experiments.module import Diverged
 from experiments.record import RunRecord, read_metrics, write_record
 from experiments.tracking import comet
@@ -28,45 +32,104 @@ from experiments.tracking.epochs import EpochRecord
 from experiments.tracking.loggers import AppendingCSVLogger
 
 log = logging.getLogger(__name__)
+SEEDED = threading.Lock()  # runs packed in one process build their nets in turn
 
 
-def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> RunRecord:
-    """Train, test and record one run in `run_dir`, resuming it if it was cut short; returns its record."""
+def train(
+    cfg: DictConfig, run_dir: Path, sweep: str | None = None, packed_with: list[str] | None = None
+) -> RunRecord:
+    """Train, test and record one run in `run_dir`, resuming it if it was cut short; returns its record.
+    `sweep` is the multirun directory it belongs to; `packed_with`, the runs it shares a process with."""
     started = time.perf_counter()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    device = resolve_device(cfg)
-    datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
-    record = new_record("train", cfg, model, datamodule, device, sweep)
+    with SEEDED:  # the global random generator initialises the net: one run at a time draws from it
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        device = resolve_device(cfg)
+        datamodule = build_datamodule(cfg)
+        model = build_model(cfg, datamodule)
+    record = new_record("train", cfg, model, datamodule, device, sweep, packed_with)
     resume = Resume.find(cfg, run_dir)
-    cost = TrainingCost(cfg.measure.warmup_steps)
-    module = build_module(cfg, model, device)
-    grads = ParamGradNorms(cfg.measure.grad_norm_every) if cfg.measure.grad_norm_every > 0 else None
-    measures = [cost, grads] if cfg.measure.enabled else []
+    instruments = Instruments.build(cfg, run_dir, shared_process=bool(packed_with))
+    module = build_module(cfg, model, device, eager_steps=instruments.is_signal_step)
     epochs = EpochRecord(
         run_dir / "metrics.csv",
         print_lines=not sys.stdout.isatty(),
-        sources=[lambda: module.epoch_metrics("train"), *(m.end_epoch for m in measures if m)],
+        sources=[lambda: module.epoch_metrics("train"), *instruments.epoch_sources],
+        prefix=f"{record.label}: " if packed_with else "",
     )
-    trainer = _trainer(cfg, run_dir, device, [epochs, *(m for m in measures if m)])
+    trainer = _trainer(cfg, run_dir, device, [epochs, *instruments.callbacks])
     tracker = _start_tracking(cfg, run_dir, record, resume) if rank_zero_only.rank == 0 else None
     trainer.loggers = _loggers(cfg, run_dir, tracker, resume)
     outcome = fit_and_test(trainer, module, datamodule, resume.path, cfg, run_dir)
     if rank_zero_only.rank != 0:
         return outcome.conclude(record, None)
-    final = epochs.rows[-1] if epochs.rows else {}
-    record.status, record.error = outcome.status, outcome.message
-    record.test_error, record.epochs = outcome.test_error, trainer.current_epoch
-    record.train_error, record.val_error = _error(final.get("train/acc")), _error(final.get("val/acc"))
-    record.train_loss, record.val_loss = _float(final.get("train/loss")), _float(final.get("val/loss"))
-    if cfg.measure.enabled:
-        record.update(**cost.summary())
-    record.param_grad_norms = _param_grad_norms(run_dir / "metrics.csv", [b.part for b in model.blocks()])
-    record.cuda_graph_steps = module.step_graph.replays if module.step_graph else 0
+    _record_results(record, outcome, trainer.current_epoch, run_dir)
+    record.update(
+        **instruments.summary(), cuda_graph_steps=module.step_graph.replays if module.step_graph else 0
+    )
     record.wall_time_s = round(time.perf_counter() - started, 2)
+    if outcome.status == "completed" and isinstance(model, DenseNet):
+        write_feature_reuse(model, run_dir)
     if tracker:
         record.comet = tracker.finish(record)
     return outcome.conclude(record, run_dir / "summary.json")
+
+
+@dataclass
+class Instruments:
+    """What a run measures while it trains (all off with measure.enabled=false): step time and memory,
+    the per-block signals (signals.csv), each part's parameter-gradient norm."""
+
+    cost: TrainingCost | None = None
+    signals: SignalRecorder | None = None
+    grads: ParamGradNorms | None = None
+
+    @classmethod
+    def build(cls, cfg: DictConfig, run_dir: Path, shared_process: bool = False) -> Instruments:
+        """`shared_process`: other runs train in this process (packed), so its memory is not this run's."""
+        if not cfg.measure.enabled:
+            return cls()
+        every = cfg.measure.signals_every
+        signals = SignalRecorder(run_dir / "signals.csv", every) if every != 0 else None
+        untimed = signals.is_signal_step if signals else _never
+        cost = TrainingCost(cfg.measure.warmup_steps, untimed=untimed, measure_memory=not shared_process)
+        grads = ParamGradNorms(cfg.measure.grad_norm_every) if cfg.measure.grad_norm_every > 0 else None
+        return cls(cost, signals, grads)
+
+    def is_signal_step(self, step: int) -> bool:
+        """Signal steps run eagerly (hooks see nothing of a CUDA-graph replay) and are not timed."""
+        return self.signals is not None and self.signals.is_signal_step(step)
+
+    @property
+    def callbacks(self) -> list[pl.Callback]:
+        return [c for c in (self.cost, self.signals, self.grads) if c is not None]
+
+    @property
+    def epoch_sources(self) -> list:
+        return [c.end_epoch for c in (self.cost, self.grads) if c is not None]
+
+    def summary(self) -> dict:
+        return self.cost.summary() if self.cost else {}
+
+
+def _never(step: int) -> bool:
+    return False
+
+
+def _record_results(record: RunRecord, outcome: Outcome, epochs: int, run_dir: Path) -> None:
+    """The run's end and its final epoch's figures (metrics.csv's last row) into its record."""
+    rows = read_metrics(run_dir / "metrics.csv")
+    final = rows[-1] if rows else {}
+    record.update(
+        status=outcome.status,
+        error=outcome.message,
+        test_error=outcome.test_error,
+        epochs=epochs,
+        train_error=_error(final.get("train/acc")),
+        val_error=_error(final.get("val/acc")),
+        train_loss=_float(final.get("train/loss")),
+        val_loss=_float(final.get("val/loss")),
+        param_grad_norms=_param_grad_norms(rows, ["stem", *_stages(rows), "head"]),
+    )
 
 
 @dataclass
@@ -121,11 +184,11 @@ def _start_tracking(
     log.info(f"{record.label}: {record.params:,} parameters, {record.stem} stem, run dir {run_dir}")
     if resume.path:
         log.info(f"resuming from {resume.path}, saved at the end of epoch {resume.epoch + 1}")
-    return comet.start(cfg.logger, run_dir, record.label, comet.run_tags(record), resume.epoch)
+    return comet.start(cfg.logger, run_dir, record.label, comet.run_tags(record), resume.epoch, record=record)
 
 
 def _loggers(cfg: DictConfig, run_dir: Path, tracker: comet.CometRun | None, resume: Resume) -> list:
-    loggers = [tracker.logger] if tracker is not None else []
+    loggers = [tracker.logger] if tracker is not None and tracker.experiment is not None else []
     if cfg.logger.name == "csv":
         loggers.append(AppendingCSVLogger(str(run_dir), resume_step=resume.step))
     for logger in loggers:
@@ -165,7 +228,8 @@ class Outcome:
                 )
             return record
         if self.status == "interrupted":
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl+C works again
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl+C works again
             raise KeyboardInterrupt
         if traceback_wanted() and self.error is not None and not isinstance(self.error, UserError):
             raise self.error
@@ -202,14 +266,15 @@ def _error(accuracy: object) -> float | None:
     return None if accuracy in (None, "") else 1 - float(accuracy)
 
 
-def _param_grad_norms(metrics: Path, parts: list[str]) -> dict[str, list[float | None]] | None:
+def _stages(rows: list[dict]) -> list[str]:
+    """stage1, stage2, ...: the parts of the net between stem and head that metrics.csv has norms of."""
+    prefix = "param_grad_norm/stage"
+    found = {int(k.removeprefix(prefix)) for row in rows for k in row if k.startswith(prefix)}
+    return [f"stage{i}" for i in sorted(found)]
+
+
+def _param_grad_norms(rows: list[dict], parts: list[str]) -> dict[str, list[float | None]] | None:
     """Per part of the net (in `parts`' order), its mean parameter-gradient norm in each epoch, from
     metrics.csv's columns."""
-    rows = read_metrics(metrics)
-    measured = {
-        k.removeprefix("param_grad_norm/") for row in rows for k in row if k.startswith("param_grad_norm/")
-    }
-    norms = {
-        part: [_float(row.get(f"param_grad_norm/{part}")) for row in rows] for part in dict.fromkeys(parts)
-    }
-    return {part: values for part, values in norms.items() if part in measured} or None
+    norms = {part: [_float(row.get(f"param_grad_norm/{part}")) for row in rows] for part in parts}
+    return {part: values for part, values in norms.items() if any(v is not None for v in values)} or None

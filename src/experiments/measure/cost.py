@@ -50,8 +50,13 @@ class TrainingCost(pl.Callback):
     on a GPU the device may still be computing meanwhile, so there it bounds the starvation from above.
     """
 
-    def __init__(self, warmup_steps: int = 5, untimed: Callable[[int], bool] = lambda step: False) -> None:
-        self.warmup_steps, self.untimed = warmup_steps, untimed
+    def __init__(
+        self,
+        warmup_steps: int = 5,
+        untimed: Callable[[int], bool] = lambda step: False,
+        measure_memory: bool = True,
+    ) -> None:
+        self.warmup_steps, self.untimed, self.measure_memory = warmup_steps, untimed, measure_memory
         self.graphed: list[bool] = []  # per timed step: whether it was a CUDA-graph replay
         self.step_ms: list[float] = []
         self.span_ms = self.data_wait_s = 0.0
@@ -66,7 +71,8 @@ class TrainingCost(pl.Callback):
         device = trainer.strategy.root_device
         self.clock = _Clock(device.type == "cuda")
         self.memory = PeakMemory(device)
-        self.memory.start()
+        if self.measure_memory:
+            self.memory.start()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_end: float | None = None
@@ -100,7 +106,8 @@ class TrainingCost(pl.Callback):
         self._last_end = time.perf_counter()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.peak_bytes = self.memory.stop()
+        # runs packed in one process share its memory and allocator: none of it is one run's own
+        self.peak_bytes = self.memory.stop() if self.measure_memory else None
 
     def end_epoch(self) -> dict[str, float]:
         """Read this epoch's clocks (one device sync) and return its median step time."""
@@ -130,7 +137,11 @@ class TrainingCost(pl.Callback):
             else None,
             "timed_steps": len(self.step_ms),
             "peak_memory_bytes": self.peak_bytes,
-            "peak_memory_source": self.memory.source if self.peak_bytes is not None else None,
+            "peak_memory_source": self.memory.source
+            if self.peak_bytes is not None
+            else None
+            if self.measure_memory
+            else "not measured: runs packed in one process share its memory",
             "peak_memory_reserved_bytes": self.memory.reserved_bytes if self.peak_bytes is not None else None,
             "first_step_unix_time": self.first_step_unix_time,
         }

@@ -35,7 +35,11 @@ class Run:
             run.problem = f"{path / 'summary.json'}: {error}"
         if (path / ".hydra" / "config.yaml").exists():
             with contextlib.suppress(Exception):  # a damaged config only costs the run its labels
-                run.config = OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "config.yaml"))
+                config = OmegaConf.load(path / ".hydra" / "config.yaml")
+                try:
+                    run.config = OmegaConf.to_container(config, resolve=True)
+                except Exception:  # an interpolation that needs what is not here: as written
+                    run.config = OmegaConf.to_container(config)
         with contextlib.suppress(Exception):  # a damaged metrics.csv only costs the run its curves
             run.rows = read_metrics(path / "metrics.csv")
         return run
@@ -95,6 +99,27 @@ class Run:
     @property
     def train_errors(self) -> list[float]:
         return [1 - row["train/acc"] for row in self.rows if isinstance(row.get("train/acc"), float)]
+
+    @cached_property
+    def signals(self) -> list[dict[str, Any]]:
+        """signals.csv's rows (step, block, index, quantity, value), numbers as numbers; none without it."""
+        return self._table("signals.csv")
+
+    @cached_property
+    def lesion(self) -> list[dict[str, Any]]:
+        """lesion.csv's rows (kind, k, blocks, test_error, note)."""
+        return self._table("lesion.csv")
+
+    @cached_property
+    def reuse(self) -> list[dict[str, Any]]:
+        """feature_reuse.csv's rows (block, target, source, value)."""
+        return self._table("feature_reuse.csv")
+
+    def _table(self, name: str) -> list[dict[str, Any]]:
+        try:
+            return read_metrics(self.path / name)
+        except (OSError, ValueError):  # a damaged file only costs the run that figure
+            return []
 
     @property
     def error(self) -> str | None:

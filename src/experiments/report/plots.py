@@ -1,5 +1,6 @@
-"""The report's figures, in the style of the papers: one function per figure, each returning its title and
-the PNG it wrote, or None when the runs hold nothing to draw."""
+"""The report's figures of what runs measured, in the style of the papers (mechanisms.py draws why): one
+function per figure, each returning its title and the PNG it wrote, or None when the runs hold nothing to
+draw; FIGURES lists them all in the report's order."""
 
 from __future__ import annotations
 
@@ -9,34 +10,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
 import matplotlib.ticker
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
+from experiments.report import mechanisms
 from experiments.report.collect import Run
-
-plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 9, "figure.dpi": 100})
-LINESTYLES = {"plain": "--", "resnet": "-"}  # He et al. Fig. 1 and 6: plain dashed, residual solid
-Figure = tuple[str, Path] | None
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _legend_outside(ax: plt.Axes) -> None:
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
-
-
-def _depth_colors(runs: list[Run]) -> dict[int, str]:
-    depths = sorted({run.depth for run in runs})
-    cmap = plt.get_cmap("viridis")
-    return {d: cmap(i / max(len(depths) - 1, 1) * 0.9) for i, d in enumerate(depths)}
+from experiments.report.style import LINESTYLES, Figure, depth_colors, legend_outside, plt, save
 
 
 def _completed_training(runs: list[Run]) -> list[Run]:
@@ -58,7 +36,7 @@ def training_error(runs: list[Run], out: Path) -> list[Figure]:
         if run.command == "train" and run.train_errors:
             by_dataset[run.dataset].append(run)
     for dataset, group in sorted(by_dataset.items()):
-        colors = _depth_colors(group)
+        colors = depth_colors(group)
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for run in group:
             errors = run.train_errors
@@ -76,7 +54,7 @@ def training_error(runs: list[Run], out: Path) -> list[Figure]:
         ax.set_title(f"Training error on {dataset}: plain (dashed) vs residual (solid)")
         ax.legend(ncol=2)
         ax.grid(alpha=0.3)
-        figures.append((f"Training error on {dataset}", _save(fig, out / f"training_error_{dataset}.png")))
+        figures.append((f"Training error on {dataset}", save(fig, out / f"training_error_{dataset}.png")))
     return figures
 
 
@@ -113,7 +91,7 @@ def error_vs_depth(runs: list[Run], out: Path) -> list[Figure]:
     seeds = sorted({r.get("seed") for r in done})
     over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean and s.d. over {len(seeds)} seeds"
     fig.suptitle(f"Error vs depth after {', '.join(map(str, epochs))} epochs ({over})")
-    return [("Error vs depth", _save(fig, out / "error_vs_depth.png"))]
+    return [("Error vs depth", save(fig, out / "error_vs_depth.png"))]
 
 
 def _by_depth_series(runs: list[Run], key: str) -> dict[str, list[Run]]:
@@ -165,9 +143,9 @@ def activation_memory(runs: list[Run], out: Path) -> list[Figure]:
     _depth_axis(ax, [r for group in series.values() for r in group])
     batches = sorted({r.get("batch_size") for group in series.values() for r in group})
     ax.set_title(f"Memory held for backward vs depth (batch {', '.join(map(str, batches))}, float32)")
-    _legend_outside(ax)
+    legend_outside(ax)
     ax.grid(alpha=0.3, which="both")
-    return [("Activation memory vs depth", _save(fig, out / "activation_memory.png"))]
+    return [("Activation memory vs depth", save(fig, out / "activation_memory.png"))]
 
 
 def step_time(runs: list[Run], out: Path) -> list[Figure]:
@@ -188,9 +166,9 @@ def step_time(runs: list[Run], out: Path) -> list[Figure]:
     ax.set(xlabel="depth (weighted layers)", ylabel="median step time (ms)", ylim=(0, None))
     _depth_axis(ax, [r for group in series.values() for r in group])
     ax.set_title(f"Training step time vs depth on {devices}")
-    _legend_outside(ax)
+    legend_outside(ax)
     ax.grid(alpha=0.3)
-    return [("Step time vs depth", _save(fig, out / "step_time.png"))]
+    return [("Step time vs depth", save(fig, out / "step_time.png"))]
 
 
 def accuracy_vs_params(runs: list[Run], out: Path) -> list[Figure]:
@@ -223,7 +201,7 @@ def accuracy_vs_params(runs: list[Run], out: Path) -> list[Figure]:
     ax.set_title("Test accuracy vs parameters")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
-    return [("Accuracy vs parameters", _save(fig, out / "accuracy_vs_params.png"))]
+    return [("Accuracy vs parameters", save(fig, out / "accuracy_vs_params.png"))]
 
 
 def param_grad_norms(runs: list[Run], out: Path) -> list[Figure]:
@@ -248,7 +226,7 @@ def param_grad_norms(runs: list[Run], out: Path) -> list[Figure]:
     axes[0][0].set_ylabel("parameter-gradient norm (epoch mean)")
     axes[0][-1].legend(title="part of the net")
     fig.suptitle("Parameter-gradient norm by part of the net (scales as 1/||W|| under batch norm)")
-    return [("Parameter-gradient norm by part", _save(fig, out / "param_grad_norms.png"))]
+    return [("Parameter-gradient norm by part", save(fig, out / "param_grad_norms.png"))]
 
 
 FIGURES: dict[str, Callable[[list[Run], Path], list[Figure]]] = {
@@ -258,4 +236,8 @@ FIGURES: dict[str, Callable[[list[Run], Path], list[Figure]]] = {
     "accuracy vs parameters": accuracy_vs_params,
     "step time vs depth": step_time,
     "parameter-gradient norm by part": param_grad_norms,
+    "signal propagation": mechanisms.signal_propagation,
+    "update ratio": mechanisms.update_ratio,
+    "lesion": mechanisms.lesion,
+    "feature reuse": mechanisms.feature_reuse,
 }

@@ -1,0 +1,60 @@
+"""What the analysis commands (lesion, reuse) share: their command line, one line per run that cannot be
+read, and a non-zero exit when none could."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from experiments.errors import UserError, one_line, traceback_wanted
+
+log = logging.getLogger(__name__)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a mistake on the command line as one line (argparse prints its usage first)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def run_dirs(paths: list[Path]) -> list[Path]:
+    """The run directories among `paths` as a shell glob gives them (`multirun/<date>/<time>/*` also
+    matches multirun.yaml and report/): those holding a summary.json, or a .hydra/ config."""
+    return [p for p in paths if p.is_dir() and ((p / "summary.json").exists() or (p / ".hydra").is_dir())]
+
+
+def main_over_runs(
+    parser: argparse.ArgumentParser, args: list[str], analyse: Callable[[Path, argparse.Namespace], str]
+) -> int:
+    """Parse `args`, call `analyse(run_dir, options)` for each run (it returns its one-line result), and
+    report each run that cannot be analysed as one line; the status is non-zero if any could not."""
+    options = parser.parse_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    from experiments.tracking.noise import silence_library_noise
+
+    silence_library_noise()
+    runs = run_dirs(options.runs)
+    if not runs:
+        print(f"error: no run directories among {', '.join(map(str, options.runs))}", file=sys.stderr)
+        return 1
+    failed = 0
+    for run in runs:
+        try:
+            log.info(analyse(run, options))
+        except Exception as error:
+            if traceback_wanted() and not isinstance(error, UserError):
+                raise
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0

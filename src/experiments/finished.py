@@ -1,0 +1,87 @@
+"""Finished runs read back: their config, their trained net, their data (lesion, reuse, probe from a
+checkpoint). Nothing here writes into a run's directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from experiments.build import build_datamodule, build_model
+from experiments.errors import UserError
+from experiments.models.legacy import migrate
+from experiments.record import RunRecord, read_record
+
+
+def load_weights(model: nn.Module, checkpoint: Path) -> None:
+    """The net's weights from a Lightning checkpoint of a run (its LightningModule holds it as `model`)."""
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
+    except Exception as error:
+        raise UserError(
+            f"{checkpoint} is unreadable or not a Lightning checkpoint ({type(error).__name__})"
+        ) from None
+    state = {
+        k.removeprefix("model."): v
+        for k, v in migrate(saved, prefix="model.").items()
+        if k.startswith("model.")
+    }
+    model.load_state_dict({k.replace("_orig_mod.", ""): v for k, v in state.items()})
+
+
+@dataclass
+class FinishedRun:
+    """A completed training run: where it is, its record and config, its net with the trained weights and
+    its data module (not yet set up)."""
+
+    path: Path
+    record: RunRecord
+    cfg: DictConfig
+    model: nn.Module
+    datamodule: Any
+
+    @classmethod
+    def open(cls, path: Path) -> FinishedRun:
+        """The run at `path`, or a one-line UserError saying why it cannot be read as a finished run."""
+        try:
+            record = read_record(path / "summary.json")
+        except ValueError as error:
+            raise UserError(f"{path}: summary.json is unreadable ({error})") from None
+        if record is None:
+            raise UserError(
+                f"{path} is not a finished run: it has no summary.json (still training, or killed)"
+            )
+        if record.command != "train" or record.status != "completed":
+            raise UserError(
+                f"{path} is a {record.command} run that ended {record.status}: nothing trained to read"
+            )
+        checkpoint = path / "checkpoints" / "last.ckpt"
+        if not checkpoint.is_file():
+            raise UserError(f"{path} has no checkpoints/last.ckpt")
+        cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
+        datamodule = build_datamodule(cfg)
+        model = build_model(OmegaConf.merge(cfg, {"arch": {"pretrained": None}}), datamodule)
+        load_weights(model, checkpoint)
+        return cls(path, record, cfg, model.eval(), datamodule)
+
+    def test_batches(self, images: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The test split's first `images` images (all of them for None), in batches, on the CPU."""
+        self.datamodule.prepare_data()
+        self.datamodule.setup("test")
+        loader = (
+            self.datamodule.batches("test", torch.device("cpu"))
+            if hasattr(self.datamodule, "batches")
+            else self.datamodule.test_dataloader()
+        )
+        batches, count = [], 0
+        for x, y in loader:
+            keep = len(y) if images is None else min(len(y), images - count)
+            batches.append((x[:keep], y[:keep]))
+            count += keep
+            if images is not None and count >= images:
+                break
+        return batches
