@@ -195,3 +195,82 @@ def test_batched_augmentation_matches_torchvisions_distribution():
         assert chi_square < 130  # 80 degrees of freedom: p < 0.001 above 124.8
         flipped = sum(c for (_, _, f), c in counts.items() if f) / n
         assert abs(flipped - 0.5) < 0.03
+
+
+def make_folder(root: Path, splits: dict[str, list[str]], size: int = 12) -> None:
+    """An ImageFolder of PNGs: root/<split>/<class>/<i>.png, each class's pixels a shade of its own."""
+    from PIL import Image
+
+    for split, classes in splits.items():
+        for shade, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (size, size), (40 * shade, 10 * i, 0)).save(root / split / name / f"{i}.png")
+
+
+def test_imagefolder_numbers_validation_classes_as_training_does(tmp_path):
+    from experiments.data import ImageFolderData
+
+    make_folder(tmp_path / "pets", {"train": ["bird", "cat", "dog"], "val": ["dog"]})
+    data = ImageFolderData("imagefolder", str(tmp_path / "pets"), image_size=8, batch_size=4, num_workers=0)
+    assert data.num_classes == 3
+    _, labels = next(iter(data.val_dataloader()))
+    assert labels.tolist() == [2, 2, 2]  # dog is class 2 of training's, not class 0 of val's one folder
+
+
+@pytest.mark.parametrize(
+    ("splits", "expected"),
+    [
+        ({"train": ["cat"], "val": ["cat"]}, "holds 1 class folder(s); a classifier needs at least 2"),
+        ({"train": ["cat", "dog"], "val": ["cat", "cow"]}, "has classes the training folder has not (cow)"),
+    ],
+)
+def test_imagefolder_refuses_what_cannot_train_a_classifier(splits, expected, cli, workdir):
+    make_folder(workdir / "pets", splits)
+    result = cli(
+        "train",
+        "dataset=imagefolder",
+        "dataset.path=pets",
+        "dataset.image_size=8",
+        "dataset.num_workers=0",
+        "arch=resnet",
+        "arch.depth=8",
+        "trainer.max_epochs=1",
+        "logger=none",
+    )
+    assert result.status == 1 and expected in result.error_line()
+
+
+def test_an_unreadable_image_is_one_line_naming_it_and_a_tilde_path_works(cli, workdir):
+    make_folder(workdir / "home" / "pets", {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    broken = workdir / "home" / "pets" / "train" / "dog" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG" * 40)
+    result = cli(
+        "train",
+        "dataset=imagefolder",
+        "dataset.path=~/pets",
+        "dataset.image_size=8",
+        "dataset.num_workers=0",
+        "arch=resnet",
+        "arch.depth=8",
+        "trainer.max_epochs=1",
+        "logger=none",
+    )
+    assert result.status == 1
+    line = result.error_line()
+    assert f"cannot read image {broken}" in line and len(line) < 300
+    broken.unlink()
+    assert (
+        cli(
+            "train",
+            "dataset=imagefolder",
+            "dataset.path=~/pets",
+            "dataset.image_size=8",
+            "dataset.num_workers=0",
+            "arch=resnet",
+            "arch.depth=8",
+            "trainer.max_epochs=1",
+            "logger=none",
+        ).status
+        == 0
+    )

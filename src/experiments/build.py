@@ -14,6 +14,7 @@ from torch import nn
 
 from experiments.device import Device, build_optimizer, prepare_model, use_cuda_graph
 from experiments.errors import UserError
+from experiments.papers import paper_test_error
 from experiments.record import RunRecord
 
 
@@ -90,7 +91,13 @@ def build_trainer(cfg: DictConfig | None, **settings: Any) -> pl.Trainer:
 
 
 def new_record(
-    command: str, cfg: DictConfig, model: nn.Module, datamodule: Any, device: Device, sweep: str | None = None
+    command: str,
+    cfg: DictConfig,
+    model: nn.Module,
+    datamodule: Any,
+    device: Device,
+    sweep: str | None = None,
+    packed_with: list[str] | None = None,
 ) -> RunRecord:
     """A run's record before its first step: what runs, where, and (unless measure.enabled is false for a
     training run) what the model costs in FLOPs and activation memory, counted on tensors without data."""
@@ -114,9 +121,15 @@ def new_record(
         precision=device.precision,
         device=device.name,
         sweep=sweep,
+        packed_with=packed_with,
         params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         flops_per_image=flops,
         macs_per_image=None if flops is None else flops // 2,
         activation_bytes=activation_bytes(model, batch) if counts else None,
         activation_bytes_at_precision=activation_bytes(model, batch, device.precision) if counts else None,
+        paper_test_error=paper_test_error(model.spec, datamodule.name, _augmented(cfg)),
     )
+
+
+def _augmented(cfg: DictConfig) -> bool:
+    return bool(cfg.dataset.get("crop_padding")) or bool(cfg.dataset.get("flip"))

@@ -54,6 +54,9 @@ def one_line(error: BaseException) -> str:
         reason = str(error).splitlines()[0]
         return f"cannot parse override '{error.override}': {reason} (the grammar: {OVERRIDE_GRAMMAR})"
     text = str(error)
+    if "in DataLoader worker process" in text:
+        # a worker's error comes back with the worker's whole traceback: its last line is the message
+        return text.strip().splitlines()[-1].split(": ", 1)[-1]
     cause = error.__cause__
     key = re.search(r"Could not override '([^']+)'", text)
     if key and cause is not None and "not in struct" in str(cause):

@@ -154,6 +154,12 @@ def resolve(name: str, image_size: int = 32, **kwargs: Any) -> Spec:
     return build(name, image_size=image_size, stem=stem, **kwargs)
 
 
+def weights_path(pattern: str, spec: Spec) -> str:
+    """A pretrained-weights path with `{name}` replaced by the net's name (resnet50, densenet121), so that one
+    setting serves a sweep over nets: `arch.pretrained=~/weights/{name}.pth`."""
+    return pattern.replace("{name}", f"{spec.family}{spec.depth}")
+
+
 def _stem(form: str, stem: str, image_size: int) -> str:
     if stem != "auto":
         return stem

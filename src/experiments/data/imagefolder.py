@@ -1,13 +1,21 @@
-"""Your own images, too many to hold in memory: torchvision's ImageFolder through DataLoader workers."""
+"""Your own images, too many to hold in memory: torchvision's ImageFolder through DataLoader workers.
+
+PATH/train/<class>/*.jpg, PATH/val/<class>/..., and PATH/test/... if there (else val serves as the test
+split). Classes are numbered by the training folder's: validation and test folders may hold fewer of them,
+never others. An image that cannot be read stops the run with one line naming it: found before training when
+the folders are small enough to look at every image, or when the loader reaches it.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -15,10 +23,54 @@ from experiments.errors import UserError
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CHECK_EVERY_IMAGE_UP_TO = 5000  # images in a split; above this, each is checked when the loader reaches it
+
+
+class _Folder(datasets.ImageFolder):
+    """An ImageFolder numbering its classes as `classes` says (the training folder's), and naming the file
+    of an image it cannot read."""
+
+    def __init__(self, root: Path, classes: dict[str, int] | None, transform: Any) -> None:
+        self.fixed = classes
+        super().__init__(str(root), transform=transform)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        names, mapping = super().find_classes(directory)
+        if self.fixed is None:
+            return names, mapping
+        if strangers := sorted(set(names) - set(self.fixed)):
+            raise UserError(
+                f"dataset.path: {directory} has classes the training folder has not "
+                f"({', '.join(strangers[:3])}); validation and test classes must be training classes"
+            )
+        return names, {name: self.fixed[name] for name in names}
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        try:
+            return super().__getitem__(index)
+        except Exception as error:
+            path = self.samples[index][0]
+            raise UserError(
+                f"dataset.path: cannot read image {path} ({type(error).__name__}: {error})"
+            ) from None
+
+
+def check_images(folder: _Folder) -> None:
+    """Open each image's header: a file that is no image stops the run now, not hours into it."""
+    if len(folder) > CHECK_EVERY_IMAGE_UP_TO:
+        return
+    for path, _ in folder.samples:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as error:
+            raise UserError(
+                f"dataset.path: cannot read image {path} ({type(error).__name__}: {error})"
+            ) from None
 
 
 class ImageFolderData(pl.LightningDataModule):
-    """`path/train/<class>/*.jpg`, `path/val/<class>/...`, and `path/test/...` if there (else val serves)."""
+    """Train, val (and test) image folders with one folder per class, ImageNet-normalised."""
 
     in_channels = 3
 
@@ -32,18 +84,22 @@ class ImageFolderData(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.root = Path(path)
+        self.root = Path(path).expanduser()
         for folder in ("train", "val"):
             if not (self.root / folder).is_dir():
                 raise UserError(
                     f"dataset.path: {self.root / folder} is not a folder; imagefolder needs "
                     "PATH/train/<class>/ and PATH/val/<class>/ image folders"
                 )
-        if batch_size < 1:
-            raise UserError(f"dataset.batch_size must be a positive integer, got {batch_size}")
         self.name, self.image_size, self.batch_size, self.seed = name, image_size, batch_size, seed
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers == "auto" else int(num_workers)
-        self.num_classes = len(datasets.ImageFolder(self.root / "train").classes)
+        self.classes = _Folder(self.root / "train", None, None).class_to_idx
+        if len(self.classes) < 2:
+            raise UserError(
+                f"dataset.path: {self.root / 'train'} holds {len(self.classes)} class folder(s); a "
+                "classifier needs at least 2"
+            )
+        self.num_classes = len(self.classes)
         normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         self.train_transform = transforms.Compose(
             [
@@ -62,13 +118,17 @@ class ImageFolderData(pl.LightningDataModule):
             ]
         )
 
-    def _loader(self, folder: str, train: bool) -> DataLoader:
+    def _split(self, folder: str) -> Path:
         if folder == "test" and not (self.root / "test").is_dir():
             log.warning(f"{self.root} has no test/ folder: the test error is measured on val/")
-            folder = "val"
-        dataset = datasets.ImageFolder(
-            self.root / folder, transform=self.train_transform if train else self.eval_transform
+            return self.root / "val"
+        return self.root / folder
+
+    def _loader(self, folder: str, train: bool) -> DataLoader:
+        dataset = _Folder(
+            self._split(folder), self.classes, self.train_transform if train else self.eval_transform
         )
+        check_images(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -10,7 +10,7 @@ import torch
 
 from experiments.models.densenet import DenseNet
 from experiments.models.resnet import ResNet
-from experiments.specs import ResNetSpec, list_names, resolve
+from experiments.specs import ResNetSpec, list_names, resolve, weights_path
 
 # torchvision's ImageNet weights for the nets it has, by our name for them
 TORCHVISION_WEIGHTS = {
@@ -42,7 +42,8 @@ def create_model(
     """Build `name`, a preset (`resnet56`, `densenet121`) or a family (`resnet` with `depth=...`), for images
     of `in_channels` x `image_size` px and `num_classes` outputs; keyword arguments are `specs`' fields.
 
-    `pretrained` is a path to a torchvision state dict, or "torchvision" for torchvision's ImageNet weights
+    `pretrained` is a path to a torchvision state dict (`{name}` in it becomes the net's name), or
+    "torchvision" for torchvision's ImageNet weights
     (downloaded once into torch's cache); the classifier keeps its fresh weights when `num_classes` is not
     1000. Pretrained nets get the ImageNet stem unless `stem` says otherwise (then loading fails).
     """
@@ -65,9 +66,10 @@ def load_pretrained(model: ResNet | DenseNet, source: str) -> None:
             "pretrained weights are for ImageNet-form nets with the ImageNet stem, not "
             f"{model.arch}{model.depth} ({spec.form} form, {spec.stem} stem)"
         )
-    state = (
-        torchvision_weights(f"{spec.family}{spec.depth}") if source == "torchvision" else _read(Path(source))
-    )
+    if source == "torchvision":
+        state = torchvision_weights(f"{spec.family}{spec.depth}")
+    else:
+        state = _read(Path(weights_path(source, spec)))
     state = {_torchvision_name(key): value for key, value in state.items()}
     head = "fc" if isinstance(model, ResNet) else "classifier"
     if (

@@ -1,0 +1,185 @@
+"""The papers' recipes and numbers: He et al.'s warm-up rule, the papers' test errors beside ours, runs over
+seeds taken together and tested, fine-tuning from ImageNet weights."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from experiments.config import compose
+from experiments.models import create_model
+from tests.conftest import TINY
+from tests.helpers import run_dirs, summary
+from tests.test_data import skip_md5, write_cifar  # noqa: F401  (a fixture, used by name)
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_he2016_warm_up_ends_at_80_percent_training_error_and_survives_a_resume(cli, workdir):
+    """lr / 10 until the training error over 10 batches is below 80%; a run resumed from a checkpoint
+    taken after the warm-up does not warm up again."""
+    args = ["arch=resnet", "arch.depth=8", "dataset=digits", "logger=none", "schedule=constant"]
+    warm = ["+schedule.warmup_until_train_error=0.8"]
+    assert cli("train", *args, *warm, "trainer.max_epochs=1", "hydra.run.dir=first").status == 0
+    checkpoint = torch.load(workdir / "first" / "checkpoints" / "last.ckpt", weights_only=False)
+    warmed_up_at = checkpoint["warmed_up_at"]
+    assert isinstance(warmed_up_at, int) and 9 <= warmed_up_at < 22  # the window needs 10 batches
+    assert float(read(workdir / "first" / "metrics.csv")[0]["lr"]) == pytest.approx(0.01)  # warming at first
+    assert checkpoint["lr_schedulers"][0]["_last_lr"] == [pytest.approx(0.1)]  # and no longer at the end
+    resumed = [
+        "trainer.max_epochs=2",
+        f"ckpt_path={workdir}/first/checkpoints/last.ckpt",
+        "hydra.run.dir=second",
+    ]
+    assert cli("train", *args, *warm, *resumed).status == 0
+    # had the warm-up state been lost, it would have ended again, in the resumed epoch
+    assert (
+        torch.load(workdir / "second" / "checkpoints" / "last.ckpt", weights_only=False)["warmed_up_at"]
+        == warmed_up_at
+    )
+
+
+def test_the_degradation_sweep_warms_up_resnet110_only():
+    def warmup(arch: str, depth: int):
+        return compose(
+            "train", ["experiment=degradation", f"arch={arch}", f"arch.depth={depth}"]
+        ).schedule.warmup_until_train_error
+
+    assert warmup("resnet", 110) == 0.8
+    assert [warmup("resnet", d) for d in (20, 56)] + [warmup("plain", 110)] == [None, None, None]
+    cfg = compose("train", ["experiment=huang2017_densenet40_c10"])
+    assert (cfg.dataset.val_size, cfg.dataset.flip, cfg.arch.drop_rate, cfg.precision) == (
+        0,
+        False,
+        0.2,
+        "32-true",
+    )
+
+
+@pytest.fixture
+def cifar(workdir, skip_md5):  # noqa: F811
+    write_cifar(workdir / "data", "cifar10")
+    return [
+        "dataset=cifar10",
+        "dataset.val_size=10",
+        "dataset.batch_size=25",
+        "trainer.max_epochs=1",
+        "logger=none",
+    ]
+
+
+def test_a_paper_number_reaches_the_record_and_the_report_for_every_matching_run(cli, workdir, cifar):
+    result = cli("train", "-m", "arch=resnet,plain", "arch.depth=8,20", *cifar, "hydra.sweep.dir=sweep")
+    assert result.status == 0, result.err
+    papers = {
+        summary(r)["arch"] + str(summary(r)["depth"]): summary(r)["paper_test_error"]
+        for r in run_dirs(workdir / "sweep")
+    }
+    assert papers == {"resnet20": 0.0875, "resnet8": None, "plain20": None, "plain8": None}
+    assert cli("report", "sweep", "--out", "report", "--logger", "none").status == 0
+    rows = {r["arch"] + r["depth"]: r for r in read(workdir / "report" / "runs.csv")}
+    assert rows["resnet20"]["paper_test_error"] == "0.0875" and rows["plain20"]["paper_test_error"] == ""
+    assert "| resnet-20 on cifar10 | 1 |" in (workdir / "report" / "report.md").read_text()
+
+
+def test_seeds_are_taken_together_and_differences_tested(cli, workdir):
+    result = cli("train", "-m", "arch=plain,resnet", "arch.depth=8", "seed=0,1,2", *TINY, "logger=none")
+    assert result.status == 0, result.err
+    sweep = run_dirs(workdir / "multirun")[0].parent
+    assert cli("report", str(sweep), "--out", "report", "--logger", "none").status == 0
+    aggregate = {r["arch"]: r for r in read(workdir / "report" / "aggregate.csv")}
+    assert set(aggregate) == {"plain", "resnet"}
+    for arch, row in aggregate.items():
+        errors = [summary(r)["test_error"] for r in run_dirs(sweep) if summary(r)["arch"] == arch]
+        assert (row["n"], row["seeds"]) == ("3", "0;1;2")
+        assert float(row["test_error_mean"]) == pytest.approx(sum(errors) / 3)
+        assert float(row["test_error_std"]) == pytest.approx(torch.tensor(errors).std().item(), rel=1e-4)
+    report = (workdir / "report" / "report.md").read_text()
+    assert "## Over seeds" in report and "| plain-8 on digits (n=3) | resnet-8 on digits (n=3) |" in report
+    assert "at the 5% level (p = " in report
+
+
+def write_images(root: Path, classes: dict[str, list[str]], size: int = 40) -> None:
+    """An ImageFolder: root/<split>/<class>/<i>.png of random pixels."""
+    generator = torch.Generator().manual_seed(0)
+    for split, names in classes.items():
+        for name in names:
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):
+                pixels = torch.randint(0, 256, (size, size, 3), generator=generator, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(root / split / name / f"{i}.png")
+
+
+@pytest.mark.slow
+def test_choose_fine_tunes_three_pretrained_nets_on_a_users_folder(cli, workdir):
+    write_images(workdir / "pets", {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    for name in ("resnet18", "resnet50", "densenet121"):
+        torch.save(getattr(torchvision.models, name)().state_dict(), workdir / f"{name}.pth")
+    result = cli(
+        "train",
+        "-m",
+        "experiment=choose",
+        "dataset.path=~/../pets",
+        f"arch.pretrained={workdir}/{{name}}.pth",
+        "dataset.image_size=32",
+        "dataset.batch_size=4",
+        "dataset.num_workers=0",
+        "trainer.max_epochs=1",
+        "logger=none",
+    )
+    assert result.status == 0, result.err
+    runs = run_dirs(workdir / "multirun")
+    assert sorted(summary(r)["arch"] + str(summary(r)["depth"]) for r in runs) == [
+        "densenet121",
+        "resnet18",
+        "resnet50",
+    ]
+    for run in runs:
+        record = summary(run)
+        assert (
+            record["status"] == "completed"
+            and record["stem"] == "imagenet"
+            and record["pretrained"].endswith("{name}.pth")
+        )
+        assert record["throughput"] > 0 and record["peak_memory_bytes"] > 0
+    reference = torch.load(workdir / "resnet50.pth")["conv1.weight"]
+    (resnet50,) = [r for r in runs if summary(r)["depth"] == 50]
+    trained = torch.load(resnet50 / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"][
+        "model.conv1.weight"
+    ]
+    assert (trained - reference).abs().max() < 0.05  # fine-tuned from the given weights, not from scratch
+
+
+def test_finetune_with_a_frozen_backbone_trains_the_classifier_only(cli, workdir):
+    write_images(workdir / "pets", {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    torch.save(
+        create_model("resnet18", num_classes=1000, image_size=224).state_dict(), workdir / "resnet18.pth"
+    )
+    result = cli(
+        "train",
+        "experiment=finetune",
+        "arch=resnet18",
+        "dataset.path=pets",
+        f"arch.pretrained={workdir}/resnet18.pth",
+        "arch.freeze=backbone",
+        "dataset.image_size=32",
+        "dataset.batch_size=4",
+        "dataset.num_workers=0",
+        "trainer.max_epochs=1",
+        "logger=none",
+    )
+    assert result.status == 0, result.err
+    (run,) = run_dirs(workdir / "outputs")
+    assert summary(run)["params"] == 512 * 2 + 2  # the new classifier of two classes, nothing else
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    torch.testing.assert_close(
+        state["model.conv1.weight"], torch.load(workdir / "resnet18.pth")["conv1.weight"]
+    )
