@@ -13,9 +13,11 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,23 +60,48 @@ class Failures:
     lines: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One job of a Hydra command, as its launcher describes it when the job starts."""
+
+    run_dir: Path
+    hydra_cfg: DictConfig  # Hydra's own settings of the job (saved as .hydra/hydra.yaml)
+    sweep_dir: str | None = None  # the multirun sweep's directory; None for a single run
+    number: int | None = None  # the job's place in the sweep, from 0
+    packed_with: tuple[str, ...] = ()  # the runs sharing this process and its GPU (hydra/launcher=packed)
+
+    @classmethod
+    def current(cls) -> Job:
+        """The job starting now: the one a packing launcher set for this thread, else Hydra's."""
+        return PACKED_JOB.get() or cls.from_hydra(HydraConfig.get())
+
+    @classmethod
+    def from_hydra(cls, hydra_cfg: DictConfig, packed_with: tuple[str, ...] = ()) -> Job:
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        return cls(
+            run_dir=Path(hydra_cfg.runtime.output_dir),
+            hydra_cfg=hydra_cfg,
+            sweep_dir=str(hydra_cfg.sweep.dir) if multirun else None,
+            number=hydra_cfg.job.num if multirun else None,
+            packed_with=packed_with,
+        )
+
+
+# Set by hydra/launcher=packed in each thread it runs a job in: Hydra's own record of the job is one for
+# the whole process.
+PACKED_JOB: ContextVar[Job | None] = ContextVar("packed_job", default=None)
+
+
 def make_task(command: str, failures: Failures) -> Callable[[DictConfig], Any]:
     """Hydra's task function for `command`: one job, from guard to record, failures as one line."""
 
     def task(cfg: DictConfig) -> Any:
         silence_library_noise()  # here: launcher plugins run jobs in processes of their own
-        hydra_cfg = HydraConfig.get()
-        run_dir = Path(hydra_cfg.runtime.output_dir)
-        multirun = hydra_cfg.mode == RunMode.MULTIRUN
-        if multirun:
-            log.info(f"run {hydra_cfg.job.num + 1} of {SweepWatch.size or '?'}")
+        job = Job.current()
+        if job.number is not None:
+            log.info(f"run {job.number + 1} of {SweepWatch.size or '?'}")
         try:
-            with refused_leaves_nothing(run_dir):
-                if done := guard(cfg, run_dir, command):
-                    return done
-                fresh = not any(run_dir.iterdir())
-                with rundir.owned(run_dir), run_files(cfg, run_dir, command, fresh):
-                    return _command(command)(cfg, run_dir, str(hydra_cfg.sweep.dir) if multirun else None)
+            return run_job(cfg, job, command)
         except Exception as error:
             if traceback_wanted() and not isinstance(error, RunFailed):
                 raise
@@ -84,10 +111,20 @@ def make_task(command: str, failures: Failures) -> Callable[[DictConfig], Any]:
             print(f"error: {message}", file=sys.stderr)
             if os.getpid() != failures.launcher_pid:  # a launcher's worker process: its launcher collects it
                 raise RunFailed(message) from None
-            failures.lines.append(f"{run_dir}: {message}")
+            failures.lines.append(f"{job.run_dir}: {message}")
             return None
 
     return task
+
+
+def run_job(cfg: DictConfig, job: Job, command: str) -> Any:
+    """Guard the job's directory, own it, and run the command in it."""
+    with refused_leaves_nothing(job.run_dir):
+        if done := guard(cfg, job.run_dir, command):
+            return done
+        fresh = not any(job.run_dir.iterdir())
+        with rundir.owned(job.run_dir), run_files(cfg, job, command, fresh):
+            return _command(command)(cfg, job.run_dir, job.sweep_dir, list(job.packed_with) or None)
 
 
 def guard(cfg: DictConfig, run_dir: Path, command: str) -> Any:
@@ -122,19 +159,23 @@ def refused_leaves_nothing(run_dir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def run_files(cfg: DictConfig, run_dir: Path, command: str, fresh: bool) -> Iterator[None]:
+def run_files(cfg: DictConfig, job: Job, command: str, fresh: bool) -> Iterator[None]:
     """.hydra/ (the composed config, as Hydra writes it; kept from the run's first start) and the run's log
-    file, `<command>.log`, for as long as the job runs. A job refused before its run began (a UserError out
-    of the command: its data or its net cannot be built) takes back what it wrote into a `fresh` directory."""
+    file, `<command>.log`, for as long as the job runs (the job's own lines only, when runs share the
+    process). A job refused before its run began (a UserError out of the command: its data or its net
+    cannot be built) takes back what it wrote into a `fresh` directory."""
+    run_dir = job.run_dir
     hydra_dir = run_dir / ".hydra"
     if _rank() == 0 and not (hydra_dir / "config.yaml").exists():
         hydra_dir.mkdir(exist_ok=True)
-        hydra_cfg = HydraConfig.get()
         OmegaConf.save(cfg, hydra_dir / "config.yaml")
-        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), hydra_dir / "hydra.yaml")
-        OmegaConf.save(hydra_cfg.overrides.task, hydra_dir / "overrides.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": job.hydra_cfg}), hydra_dir / "hydra.yaml")
+        OmegaConf.save(job.hydra_cfg.overrides.task, hydra_dir / "overrides.yaml")
     handler = logging.FileHandler(run_dir / f"{command}.log", delay=True)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    if job.packed_with:
+        thread = threading.get_ident()
+        handler.addFilter(lambda record: record.thread == thread)
     logging.getLogger().addHandler(handler)
     try:
         yield
@@ -161,7 +202,7 @@ def run(command: str, args: list[str]) -> int:
     # conf/hydra/launcher/submitit_slurm.yaml sets our defaults over the plugin's schema of that name,
     # which Hydra 1.3 merges but calls deprecated.
     warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_slurm' is validated against")
-    argv, sys.argv = sys.argv, [sys.argv[0], *args]
+    argv, sys.argv = sys.argv, [sys.argv[0], *map(_quoted_home, args)]
     # Hydra prints multi-line reports with stack traces unless HYDRA_FULL_ERROR is set, in which case it
     # raises: it always raises here, and we print one line (or the traceback, if the user asked for it).
     users_setting = os.environ.get("HYDRA_FULL_ERROR")
@@ -194,6 +235,15 @@ def run(command: str, args: list[str]) -> int:
     if len(failures.lines) > 1:
         print(f"error: {len(failures.lines)} runs failed:", *failures.lines, sep="\n  ", file=sys.stderr)
     return 1 if failures.lines else 0
+
+
+def _quoted_home(arg: str) -> str:
+    """`dataset.path=~/pets` as users type it (no shell expands a ~ after `key=`): Hydra's grammar refuses an
+    unquoted ~, so the value is quoted; the dataset expands it."""
+    key, sep, value = arg.partition("=")
+    if sep and (value == "~" or value.startswith("~/")) and "'" not in value and not key.startswith("-"):
+        return f"{key}='{value}'"
+    return arg
 
 
 def _how_to_resume() -> str:

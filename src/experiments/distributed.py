@@ -18,9 +18,13 @@ WORKER_ENV = "EXPERIMENTS_DDP_RUN"
 
 @contextmanager
 def worker_env(cfg, run_dir: Path) -> Iterator[None]:
-    """While fitting, child processes find this run's config and directory in the environment."""
+    """While fitting on several devices, child processes find this run's config and directory in the
+    environment (on one device there are none: runs packed in one process must not share the variable)."""
     from omegaconf import OmegaConf
 
+    if cfg.trainer.get("devices", 1) == 1 and cfg.trainer.get("num_nodes", 1) == 1:
+        yield
+        return
     os.environ[WORKER_ENV] = json.dumps(
         {"run_dir": str(run_dir.resolve()), "config": OmegaConf.to_container(cfg, resolve=True)}
     )

@@ -1,0 +1,14 @@
+"""The project's submitit launchers, where Hydra looks for plugins (it instantiates a launcher only from
+the hydra_plugins namespace); what they do is experiments.launchers. conf/hydra/launcher/ points at them."""
+
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+
+from experiments.launchers import SeeEveryRunThrough
+
+
+class SlurmLauncher(SeeEveryRunThrough, submitit_launcher.SlurmLauncher):
+    """hydra/launcher=submitit_slurm: one SLURM job per run; every job waited for."""
+
+
+class LocalLauncher(SeeEveryRunThrough, submitit_launcher.LocalLauncher):
+    """The same jobs as local processes (hydra.launcher._target_ of submitit_local)."""

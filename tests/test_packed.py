@@ -1,0 +1,60 @@
+"""hydra/launcher=packed: a sweep's runs trained side by side in one process (on a GPU, each on its own
+stream), each the same run as alone."""
+
+from __future__ import annotations
+
+from tests.conftest import TINY
+from tests.helpers import archive_metrics, run_dirs, summary
+
+SWEEP = ["arch=plain,resnet", "arch.depth=8", "seed=0,1", *TINY]
+
+
+def test_packed_runs_are_the_runs_they_would_be_alone(cli, workdir):
+    """On a CPU in float32: the same metrics.csv, byte for byte, and the same errors; each run's record names
+    the runs it shared the process with, and its Comet archive holds its own metrics."""
+    packed = cli(
+        "train",
+        "-m",
+        "hydra/launcher=packed",
+        "hydra.launcher.runs_at_once=3",
+        *SWEEP,
+        "hydra.sweep.dir=packed",
+    )
+    assert packed.status == 0, packed.err
+    assert "Packing 4 runs into this process, 3 at a time" in packed.out
+    assert cli("train", "-m", *SWEEP, "hydra.sweep.dir=alone").status == 0
+    runs = {run.name: run for run in run_dirs(workdir / "packed")}
+    assert sorted(runs) == sorted(run.name for run in run_dirs(workdir / "alone"))
+    for name, run in runs.items():
+        alone = workdir / "alone" / name
+        assert (run / "metrics.csv").read_bytes() == (alone / "metrics.csv").read_bytes(), name
+        for key in (
+            "train_error",
+            "val_error",
+            "test_error",
+            "train_loss",
+            "val_loss",
+            "params",
+            "activation_bytes",
+        ):
+            assert summary(run)[key] == summary(alone)[key], (name, key)
+        assert (
+            summary(run)["packed_with"] == sorted(set(runs) - {name})
+            and summary(alone)["packed_with"] is None
+        )
+        assert summary(run)["peak_memory_bytes"] is None and summary(run)["step_time_ms"] > 0
+        (archive,) = (run / "comet").glob("*.zip")
+        assert archive_metrics(archive)["test_error"] == [summary(run)["test_error"]]
+        log = (run / "train.log").read_text()
+        assert run.name.split("-")[0] in log and all(
+            other.split("-s")[0] + "-s" not in log
+            for other in set(runs) - {name}
+            if other.split("-")[0] != name.split("-")[0]
+        )
+
+
+def test_runs_at_once_must_be_positive(cli, workdir):
+    result = cli("train", "-m", "hydra/launcher=packed", "hydra.launcher.runs_at_once=0", *TINY)
+    assert result.status != 0
+    assert "hydra.launcher.runs_at_once must be a positive integer, got 0" in result.error_line()
+    assert sorted(p.name for p in workdir.iterdir()) == ["home"]
