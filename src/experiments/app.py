@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import rundir, settings
 from experiments.config import CONF_DIR
-from experiments.errors import RunFailed, UserError, is_users, one_line, traceback_wanted
+from experiments.errors import RunFailed, UserError, is_user_error, one_line, traceback_wanted
 from experiments.record import read_record
 from experiments.sweep import SweepRefused, SweepWatch
 from experiments.tracking.noise import silence_library_noise
@@ -106,7 +106,7 @@ def make_task(command: str, failures: Failures) -> Callable[[DictConfig], Any]:
             if traceback_wanted() and not isinstance(error, RunFailed):
                 raise
             message = one_line(error) + (
-                "" if is_users(error) else " (HYDRA_FULL_ERROR=1 shows the traceback)"
+                "" if is_user_error(error) else " (HYDRA_FULL_ERROR=1 shows the traceback)"
             )
             print(f"error: {message}", file=sys.stderr)
             if os.getpid() != failures.launcher_pid:  # a launcher's worker process: its launcher collects it
@@ -114,6 +114,7 @@ def make_task(command: str, failures: Failures) -> Callable[[DictConfig], Any]:
             failures.lines.append(f"{job.run_dir}: {message}")
             return None
 
+    task.failures = failures  # launchers that collect runs from other processes add theirs
     return task
 
 
@@ -123,22 +124,24 @@ def run_job(cfg: DictConfig, job: Job, command: str) -> Any:
         if done := guard(cfg, job.run_dir, command):
             return done
         fresh = not any(job.run_dir.iterdir())
-        with rundir.owned(job.run_dir), run_files(cfg, job, command, fresh):
+        with rundir.owned(job.run_dir, rank=_rank()), run_files(cfg, job, command, fresh):
             return _command(command)(cfg, job.run_dir, job.sweep_dir, list(job.packed_with) or None)
 
 
 def guard(cfg: DictConfig, run_dir: Path, command: str) -> Any:
     """Refuse a job that cannot run (UserError), or return the record of one that already completed."""
     settings.check(cfg)
-    rundir.check_config(run_dir, cfg)
-    if command != "train" or _rank() != 0:
+    if _rank() == 0:  # the other tasks of a SLURM job follow rank 0: rundir.owned waits for its lock
+        rundir.check_config(run_dir, cfg)
+    if command != "train":
         return None
     try:
         previous = read_record(run_dir / "summary.json")
     except ValueError:
         return None
-    if previous is not None and previous.status == "completed":
-        log.info(f"{run_dir} already holds this run, completed: nothing to do ({run_dir / 'summary.json'})")
+    if previous is not None and previous.status == "completed":  # every rank: none is left to train alone
+        if _rank() == 0:
+            log.info(f"{run_dir} already holds this run, completed: nothing to do ({run_dir}/summary.json)")
         return previous
     return None
 
@@ -199,9 +202,11 @@ def run(command: str, args: list[str]) -> int:
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)(
         make_task(command, failures)
     )
-    # conf/hydra/launcher/submitit_slurm.yaml sets our defaults over the plugin's schema of that name,
+    # conf/hydra/launcher/submitit_*.yaml set our defaults over the plugin's schemas of those names,
     # which Hydra 1.3 merges but calls deprecated.
-    warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/submitit_slurm' is validated against")
+    warnings.filterwarnings(
+        "ignore", message=r"\n'hydra/launcher/submitit_(slurm|local)' is validated against"
+    )
     argv, sys.argv = sys.argv, [sys.argv[0], *map(_quoted_home, args)]
     # Hydra prints multi-line reports with stack traces unless HYDRA_FULL_ERROR is set, in which case it
     # raises: it always raises here, and we print one line (or the traceback, if the user asked for it).

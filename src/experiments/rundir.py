@@ -251,10 +251,36 @@ class RunLock:
                 self.path.unlink()
 
 
+RANK_ZERO_WAIT_S = 300  # rank 0 may start later than the others (imports on a busy node)
+
+
+def _wait_for_rank_zero(run_dir: Path) -> None:
+    me = Holder.me()
+    deadline = time.monotonic() + RANK_ZERO_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            holder = Holder(**json.loads((run_dir / LOCK_NAME).read_text()))
+        except (OSError, ValueError, TypeError):  # not there yet, or being written
+            holder = None
+        if holder and holder.slurm_job == me.slurm_job and holder.slurm_restart == me.slurm_restart:
+            return
+        time.sleep(0.5)
+    raise UserError(
+        f"{run_dir}: rank 0 of SLURM job {me.slurm_job} did not take the run in {RANK_ZERO_WAIT_S} s "
+        "(its log says why)"
+    )
+
+
 @contextlib.contextmanager
-def owned(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir` for the block: another process on it refuses with one line naming the holder."""
+def owned(run_dir: Path, rank: int = 0) -> Iterator[None]:
+    """Hold `run_dir` for the block: another process on it refuses with one line naming the holder. The
+    tasks of one SLURM job are one run: rank 0 holds the lock, and each other rank waits until the lock
+    names its job (this start of it) before it trains."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if rank != 0:
+        _wait_for_rank_zero(run_dir)
+        yield
+        return
     lock = RunLock(run_dir)
     lock.acquire()
     try:

@@ -11,4 +11,5 @@ class SlurmLauncher(SeeEveryRunThrough, submitit_launcher.SlurmLauncher):
 
 
 class LocalLauncher(SeeEveryRunThrough, submitit_launcher.LocalLauncher):
-    """The same jobs as local processes (hydra.launcher._target_ of submitit_local)."""
+    """hydra/launcher=submitit_local with hydra.launcher._target_ set to this class: the same jobs as local
+    processes; every job waited for."""
