@@ -44,3 +44,16 @@ def test_step_profile_counts_each_paths_work_per_step():
         assert wall[path] > 0
     # the same model's step, with Lightning's loop and then our metrics around it: more tensor ops each
     assert 100 < aten["raw_loop"] < aten["lightning_only"] < aten["project"]
+
+
+@pytest.mark.slow
+def test_sweep_bench_runs_its_passes_and_prints_its_table():
+    """bench/sweep.py's CPU dry run: the same code as on a GPU (run after run, packed, DenseNet with compile
+    off and on), on tiny images."""
+    out = run_bench("sweep.py", "--dry-run", "--steps", "8")
+    rows = {line[:46].strip(): line[46:].strip() for line in out.splitlines()[-13:]}
+    for net in ("resnet20", "plain56", "resnet110"):
+        assert float(rows[f"{net}, img/s alone"].replace(",", "")) > 0
+    assert rows["He et al.'s ten runs, run after run"].endswith(" min")
+    assert float(rows["packed, 3 at once: speed-up"].removesuffix(" x")) > 0
+    assert float(rows["DenseNet-BC-10, compile=true, img/s"].replace(",", "")) > 0

@@ -3,6 +3,8 @@ stream), each the same run as alone."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import TINY
 from tests.helpers import archive_metrics, run_dirs, summary
 
@@ -58,3 +60,25 @@ def test_runs_at_once_must_be_positive(cli, workdir):
     assert result.status != 0
     assert "hydra.launcher.runs_at_once must be a positive integer, got 0" in result.error_line()
     assert sorted(p.name for p in workdir.iterdir()) == ["home"]
+
+
+@pytest.mark.gpu
+def test_packed_runs_on_a_gpu_match_the_runs_alone_within_the_cuda_graph_tolerance(cli, workdir):
+    """Each run on its own CUDA stream, its steps CUDA-graph replays: cuDNN's kernels are not deterministic,
+    so close, as tests/test_step_graph.py holds replays to eager steps."""
+    gpu = [
+        "trainer=gpu",
+        "dataset=synthetic",
+        "dataset.image_size=16",
+        "dataset.train_size=1350",
+        "trainer.max_epochs=2",
+        "logger=none",
+    ]
+    sweep = ["arch=plain,resnet", "arch.depth=8", "seed=0,1", *gpu]
+    assert cli("train", "-m", "hydra/launcher=packed", *sweep, "hydra.sweep.dir=packed").status == 0
+    assert cli("train", "-m", *sweep, "hydra.sweep.dir=alone").status == 0
+    for run in run_dirs(workdir / "packed"):
+        alone = workdir / "alone" / run.name
+        assert summary(run)["cuda_graph_steps"] == summary(alone)["cuda_graph_steps"] > 0
+        for key in ("train_loss", "val_loss"):
+            assert summary(run)[key] == pytest.approx(summary(alone)[key], rel=1e-2), (run.name, key)
