@@ -221,3 +221,55 @@ def test_a_submitit_local_sweep_completes(workdir):
     for run in runs:
         assert summary(run)["status"] == "completed"
         assert (run / "checkpoints" / "last.ckpt").exists() and len(list((run / "comet").glob("*.zip"))) == 1
+
+
+def test_an_interrupted_sweep_says_how_to_finish_it_and_its_csv_log_resumes(cli, workdir, monkeypatch):
+    """Ctrl+C (here raised at the second epoch's start, after the first epoch's checkpoint) ends the sweep
+    with the command that finishes it; that command resumes the run, and logger=csv's file keeps the epochs
+    run before the interrupt."""
+    from experiments.tracking.epochs import EpochRecord
+
+    original = EpochRecord.on_train_epoch_start
+
+    def interrupted(self, trainer, module):
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+        original(self, trainer, module)
+
+    monkeypatch.setattr(EpochRecord, "on_train_epoch_start", interrupted)
+    args = [
+        "train",
+        "-m",
+        "arch=resnet",
+        "arch.depth=8",
+        "dataset=digits",
+        "trainer.max_epochs=2",
+        "logger=csv",
+    ]
+    result = cli(*args, "hydra.sweep.dir=sweep")
+    assert result.status == 130
+    assert result.err.strip().splitlines()[-1] == (
+        "error: interrupted; the run's record says where it stopped; to finish the sweep, run the same "
+        "command with hydra.sweep.dir=sweep"
+    )
+    (run,) = run_dirs(workdir / "sweep")
+    assert summary(run)["status"] == "interrupted"
+    monkeypatch.setattr(EpochRecord, "on_train_epoch_start", original)
+    resumed = cli(*args, "hydra.sweep.dir=sweep")
+    assert resumed.status == 0, resumed.err
+    assert "resuming from" in resumed.out and summary(run)["status"] == "completed"
+    with (run / "csv" / "metrics.csv").open() as f:
+        logged = [row for row in csv.DictReader(f) if row.get("train/loss")]
+    assert [row["epoch"] for row in logged] == ["0", "1"]
+
+
+@pytest.mark.slow
+def test_a_machine_with_srun_prints_no_srun_advice(workdir):
+    bin_dir = workdir / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    env = clean_env(workdir, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    result = run_cli("train", "arch=resnet", "arch.depth=8", *TINY, "logger=none", cwd=workdir, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "`srun` command" not in result.stdout + result.stderr

@@ -31,7 +31,7 @@ def traceback_wanted() -> bool:
     return os.environ.get(TRACEBACK_ENV) == "1"
 
 
-def is_users(error: BaseException) -> bool:
+def is_user_error(error: BaseException) -> bool:
     """Whether `error` is the user's to fix (their one line says how) rather than a bug of ours."""
     from omegaconf.errors import MissingMandatoryValue
 
@@ -69,4 +69,4 @@ def one_line(error: BaseException) -> str:
 
 def describe(error: BaseException) -> str:
     """`error` for a run's record: the user's own message, or the type and message of anything else."""
-    return one_line(error) if is_users(error) else " ".join(f"{type(error).__name__}: {error}".split())
+    return one_line(error) if is_user_error(error) else " ".join(f"{type(error).__name__}: {error}".split())

@@ -32,15 +32,15 @@ def profile(
     """
     started = time.perf_counter()
     device = resolve_device(cfg)
-    shape = build_datamodule(cfg)  # only its shape: nothing is loaded or downloaded
-    shape.batch_size = cfg.profile.batch_size or shape.batch_size
-    model = build_model(cfg, shape)
-    record = new_record("profile", cfg, model, shape, device, sweep, packed_with)
+    dataset = build_datamodule(cfg)  # for its shape only: nothing is loaded or downloaded
+    dataset.batch_size = cfg.profile.batch_size or dataset.batch_size
+    model = build_model(cfg, dataset)
+    record = new_record("profile", cfg, model, dataset, device, sweep, packed_with)
     warmup = cfg.profile.warmup_steps
     if use_cuda_graph(cfg, device):
         warmup = max(warmup, WARMUP_STEPS + 1)
     steps = warmup + cfg.profile.steps
-    data = random_like(shape, steps * shape.batch_size, cfg.seed)
+    data = random_like(dataset, steps * dataset.batch_size, cfg.seed)
     cost = TrainingCost(warmup_steps=warmup)
     trainer = build_trainer(
         cfg,
@@ -69,17 +69,17 @@ def profile(
     return record
 
 
-def random_like(shape: Any, images: int, seed: int) -> Synthetic:
-    """Random images and labels of a data module's shape, `images` of them to train on."""
+def random_like(dataset: Any, images: int, seed: int) -> Synthetic:
+    """Random images and labels of a data module's shape and batch size, `images` of them to train on."""
     return Synthetic(
         "synthetic",
-        image_size=shape.image_size,
-        channels=shape.in_channels,
-        num_classes=max(shape.num_classes, 2),
+        image_size=dataset.image_size,
+        channels=dataset.in_channels,
+        num_classes=max(dataset.num_classes, 2),
         train_size=images,
         val_size=0,
         test_size=1,
-        batch_size=shape.batch_size,
+        batch_size=dataset.batch_size,
         seed=seed,
     )
 
