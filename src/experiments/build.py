@@ -127,7 +127,9 @@ def new_record(
         macs_per_image=None if flops is None else flops // 2,
         activation_bytes=activation_bytes(model, batch) if counts else None,
         activation_bytes_at_precision=activation_bytes(model, batch, device.precision) if counts else None,
-        paper_test_error=paper_test_error(model.spec, datamodule.name, _augmented(cfg)),
+        paper_test_error=paper_test_error(model.spec, datamodule.name, _augmented(cfg))
+        if command == "train"
+        else None,
     )
 
 

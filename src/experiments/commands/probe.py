@@ -29,6 +29,7 @@ def probe(
 ) -> RunRecord:
     """Measure one training step of the configured net and write signals.csv and summary.json."""
     started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)  # called directly (benchmarks), not through app
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg)
     datamodule = build_datamodule(cfg)

@@ -31,6 +31,7 @@ def profile(
     replays too: `step_timing` says how they ran.
     """
     started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)  # called directly (benchmarks), not through app
     device = resolve_device(cfg)
     dataset = build_datamodule(cfg)  # for its shape only: nothing is loaded or downloaded
     dataset.batch_size = cfg.profile.batch_size or dataset.batch_size

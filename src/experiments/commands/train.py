@@ -41,6 +41,7 @@ def train(
     """Train, test and record one run in `run_dir`, resuming it if it was cut short; returns its record.
     `sweep` is the multirun directory it belongs to; `packed_with`, the runs it shares a process with."""
     started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)  # called directly (benchmarks), not through app
     with SEEDED:  # the global random generator initialises the net: one run at a time draws from it
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         device = resolve_device(cfg)

@@ -32,7 +32,7 @@ from experiments.record import read_rows, write_rows
 
 COLUMNS = ("step", "block", "index", "quantity", "value")
 DEFAULT_STEPS = 50  # signal steps in a run when measure.signals_every is auto...
-SHARE = 4  # ...and at most one step in this many, so that a short run still has steps to time
+SHARE = 10  # ...and at most one step in this many: a short run's signal steps cost it at most a few percent
 
 
 def signal_steps(total: int, every: int | str) -> set[int]:
