@@ -8,12 +8,14 @@ import time
 
 import pytest
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from experiments import settings, specs
 from experiments.__main__ import COMMANDS
 from experiments.build import build_datamodule, build_model
-from experiments.config import CONF_DIR, compose
+from experiments.config import CONF_DIR, register_presets
 from experiments.sweep import SweepWatch
 from tests.helpers import clean_env, run_cli
 
@@ -53,43 +55,46 @@ def test_every_preset_is_an_arch_option_that_builds_its_net():
     """One source: `arch=<preset>` composes to the net `create_model(<preset>)` builds (on the meta device,
     datasets' shapes in turn), and so does a family spelt out (`arch=densenet arch.form=imagenet ...`)."""
     shapes = ["digits", "cifar100", "mnist", "synthetic"]
-    for i, name in enumerate(list(specs.PRESETS)):
-        cfg = compose("train", [f"arch={name}", f"dataset={shapes[i % len(shapes)]}"])
-        settings.check(cfg)
-        datamodule = build_datamodule(cfg)
-        with torch.device("meta"):
-            model = build_model(cfg, datamodule)
-        expected = specs.resolve(name, image_size=datamodule.image_size)
-        assert model.spec == expected and model.blocks()[-1].name in ("fc", "classifier"), name
-    spelt_out = compose("train", ["arch=densenet", "arch.form=imagenet", "arch.depth=121"])
+    register_presets()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for i, name in enumerate(list(specs.PRESETS)):
+            cfg = hydra_compose("train", [f"arch={name}", f"dataset={shapes[i % len(shapes)]}"])
+            settings.check(cfg)
+            datamodule = build_datamodule(cfg)
+            with torch.device("meta"):
+                model = build_model(cfg, datamodule)
+            expected = specs.resolve(name, image_size=datamodule.image_size)
+            assert model.spec == expected and model.blocks()[-1].name in ("fc", "classifier"), name
+        spelt_out = hydra_compose("train", ["arch=densenet", "arch.form=imagenet", "arch.depth=121"])
     with torch.device("meta"):
         assert build_model(spelt_out, build_datamodule(spelt_out)).spec == specs.resolve("densenet121")
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
-def test_every_dataset_composes_with_each_family(dataset):
-    for family in FAMILIES:
-        cfg = compose("train", [f"arch={family}", f"dataset={dataset}"])
-        assert cfg.arch.name == family and cfg.dataset.name == dataset
+def test_every_dataset_composes_with_each_family():
+    register_presets()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for dataset in DATASETS:
+            for family in FAMILIES:
+                cfg = hydra_compose("train", [f"arch={family}", f"dataset={dataset}"])
+                assert cfg.arch.name == family and cfg.dataset.name == dataset
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_preset_composes_and_builds(experiment):
+def test_every_experiment_preset_composes_and_builds():
     """A preset composes with the first value of each of its swept keys, passes the checks, and its net
-    builds."""
-    preset = compose("train", [f"experiment={experiment}"])
-    hydra = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml").get("hydra", {})
-    swept = [
-        f"{key}={str(values).split(',')[0]}"
-        for key, values in (hydra.get("sweeper", {}).get("params") or {}).items()
-    ]
-    cfg = compose("train", [f"experiment={experiment}", *swept])
-    if cfg.dataset.name == "imagefolder":
-        return  # needs the user's folder
-    settings.check(cfg)
-    with torch.device("meta"):
-        model = build_model(cfg, build_datamodule(cfg))
-    assert model.depth == cfg.arch.depth and preset is not None
+    builds (a preset for the user's own images needs their folder: it composes)."""
+    register_presets()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for experiment in EXPERIMENTS:
+            hydra = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml").get("hydra", {})
+            params = (hydra.get("sweeper", {}).get("params") or {}).items()
+            swept = [f"{key}={str(values).split(',')[0]}" for key, values in params]
+            cfg = hydra_compose("train", [f"experiment={experiment}", *swept])
+            if cfg.dataset.name == "imagefolder":
+                continue
+            settings.check(cfg)
+            with torch.device("meta"):
+                model = build_model(cfg, build_datamodule(cfg))
+            assert model.depth == cfg.arch.depth, experiment
 
 
 def sweep_size(params: dict[str, str], task: list[str]) -> int:

@@ -56,6 +56,7 @@ def wait_for_epochs(workdir: Path, process: subprocess.Popen, epochs: int) -> Pa
     return metrics.parent
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_where_it_stopped_and_its_lock_does_not_block(workdir):
     process = start(workdir, "trainer.max_epochs=5")
     run = wait_for_epochs(workdir, process, 2)
@@ -84,6 +85,7 @@ def test_a_killed_run_resumes_where_it_stopped_and_its_lock_does_not_block(workd
     assert others["resumed_after_epoch"] >= 1 and record["comet"]["archive"].split("/")[-1].startswith(key)
 
 
+@pytest.mark.slow
 def test_the_same_command_twice_at_once_runs_once(workdir):
     """The second process refuses with one line naming the holder; the first completes untouched."""
     first = start(workdir, "trainer.max_epochs=4")
