@@ -107,20 +107,21 @@ def test_seeds_are_taken_together_and_differences_tested(cli, workdir):
     assert "at the 5% level (p = " in report
 
 
-def write_images(root: Path, classes: dict[str, list[str]], size: int = 40) -> None:
+def write_images(root: Path, classes: dict[str, list[str]], size: int = 40, per_class: int = 4) -> None:
     """An ImageFolder: root/<split>/<class>/<i>.png of random pixels."""
     generator = torch.Generator().manual_seed(0)
     for split, names in classes.items():
         for name in names:
             (root / split / name).mkdir(parents=True)
-            for i in range(4):
+            for i in range(per_class):
                 pixels = torch.randint(0, 256, (size, size, 3), generator=generator, dtype=torch.uint8)
                 Image.fromarray(pixels.numpy()).save(root / split / name / f"{i}.png")
 
 
 @pytest.mark.slow
 def test_choose_fine_tunes_three_pretrained_nets_on_a_users_folder(cli, workdir):
-    write_images(workdir / "pets", {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    # 8 steps of 4 images: enough to time some after the 5 warm-up steps
+    write_images(workdir / "pets", {"train": ["cat", "dog"], "val": ["cat", "dog"]}, per_class=16)
     for name in ("resnet18", "resnet50", "densenet121"):
         torch.save(getattr(torchvision.models, name)().state_dict(), workdir / f"{name}.pth")
     result = cli(
@@ -128,11 +129,12 @@ def test_choose_fine_tunes_three_pretrained_nets_on_a_users_folder(cli, workdir)
         "-m",
         "experiment=choose",
         "dataset.path=~/../pets",
-        f"arch.pretrained={workdir}/{{name}}.pth",
+        f"arch.pretrained={workdir}",
         "dataset.image_size=32",
         "dataset.batch_size=4",
         "dataset.num_workers=0",
         "trainer.max_epochs=1",
+        "optim.lr=1e-6",  # random-init nets on noise at 32 px take huge first steps; keep them small
         "logger=none",
     )
     assert result.status == 0, result.err
@@ -147,15 +149,14 @@ def test_choose_fine_tunes_three_pretrained_nets_on_a_users_folder(cli, workdir)
         assert (
             record["status"] == "completed"
             and record["stem"] == "imagenet"
-            and record["pretrained"].endswith("{name}.pth")
+            and record["pretrained"] == str(workdir)
         )
         assert record["throughput"] > 0 and record["peak_memory_bytes"] > 0
-    reference = torch.load(workdir / "resnet50.pth")["conv1.weight"]
-    (resnet50,) = [r for r in runs if summary(r)["depth"] == 50]
-    trained = torch.load(resnet50 / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"][
-        "model.conv1.weight"
-    ]
-    assert (trained - reference).abs().max() < 0.05  # fine-tuned from the given weights, not from scratch
+        # each net starts from its own file: at this learning rate it ends next to those weights
+        stem = "features.conv0.weight" if record["arch"] == "densenet" else "conv1.weight"
+        reference = torch.load(workdir / f"{record['arch']}{record['depth']}.pth")[stem]
+        trained = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        assert (trained[f"model.{stem}"] - reference).abs().max() < 0.01
 
 
 def test_finetune_with_a_frozen_backbone_trains_the_classifier_only(cli, workdir):

@@ -8,6 +8,7 @@ the command line checks an `arch` config against them before it imports torch. N
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 FAMILIES = ("resnet", "plain", "densenet", "densenet_bc")
@@ -154,10 +155,11 @@ def resolve(name: str, image_size: int = 32, **kwargs: Any) -> Spec:
     return build(name, image_size=image_size, stem=stem, **kwargs)
 
 
-def weights_path(pattern: str, spec: Spec) -> str:
-    """A pretrained-weights path with `{name}` replaced by the net's name (resnet50, densenet121), so that one
-    setting serves a sweep over nets: `arch.pretrained=~/weights/{name}.pth`."""
-    return pattern.replace("{name}", f"{spec.family}{spec.depth}")
+def weights_path(path: str, spec: Spec) -> str:
+    """The file of pretrained weights for `spec`: `path` itself, or in a folder `path` the file named after
+    the net (`resnet50.pth`, `densenet121.pth`), so that one setting serves a sweep over nets."""
+    folder = Path(path).expanduser()
+    return str(folder / f"{spec.family}{spec.depth}.pth") if folder.is_dir() else path
 
 
 def _stem(form: str, stem: str, image_size: int) -> str:

@@ -42,7 +42,7 @@ def create_model(
     """Build `name`, a preset (`resnet56`, `densenet121`) or a family (`resnet` with `depth=...`), for images
     of `in_channels` x `image_size` px and `num_classes` outputs; keyword arguments are `specs`' fields.
 
-    `pretrained` is a path to a torchvision state dict (`{name}` in it becomes the net's name), or
+    `pretrained` is a torchvision state dict's file (or a folder holding `<name>.pth`, e.g. resnet50.pth), or
     "torchvision" for torchvision's ImageNet weights
     (downloaded once into torch's cache); the classifier keeps its fresh weights when `num_classes` is not
     1000. Pretrained nets get the ImageNet stem unless `stem` says otherwise (then loading fails).
