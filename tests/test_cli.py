@@ -94,7 +94,7 @@ def test_every_experiment_preset_composes_and_builds():
             settings.check(cfg)
             with torch.device("meta"):
                 model = build_model(cfg, build_datamodule(cfg))
-            assert model.depth == cfg.arch.depth, experiment
+            assert model.spec.depth == cfg.arch.depth, experiment
 
 
 def sweep_size(params: dict[str, str], task: list[str]) -> int:

@@ -142,7 +142,8 @@ def shapes(model: nn.Module) -> dict[str, torch.Size]:
 @pytest.mark.parametrize("depth", [20, 56, 110])
 def test_plain_and_option_a_resnet_differ_only_in_shortcuts(depth: int) -> None:
     res, plain = meta_model("resnet", depth=depth), meta_model("plain", depth=depth)
-    assert (res.arch, plain.arch, res.depth, plain.depth) == ("resnet", "plain", depth, depth)
+    assert (res.spec.label, plain.spec.label) == ("resnet", "plain")
+    assert res.spec.depth == plain.spec.depth == depth
     assert shapes(res) == shapes(plain)  # option A's shortcuts have no weights
     assert [b.kind for b in res.blocks()[1:-1]] == ["residual"] * (3 * (depth - 2) // 6)
     assert {b.kind for b in plain.blocks()[1:-1]} == {"plain"}

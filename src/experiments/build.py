@@ -109,8 +109,8 @@ def new_record(
     flops = flops_per_image(model, image) if counts else None
     return RunRecord(
         command=command,
-        arch=model.arch,
-        depth=model.depth,
+        arch=model.spec.label,
+        depth=model.spec.depth,
         dataset=datamodule.name,
         seed=cfg.seed,
         form=model.spec.form,

@@ -112,14 +112,6 @@ class DenseNet(nn.Module):
         self.features.add_module(f"norm{len(spec.blocks) + 1}", nn.BatchNorm2d(channels))
         self.classifier = classifier(channels, num_classes)
 
-    @property
-    def arch(self) -> str:
-        return self.spec.label
-
-    @property
-    def depth(self) -> int:
-        return self.spec.depth
-
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.features(x), inplace=True)
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))

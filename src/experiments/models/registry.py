@@ -64,7 +64,7 @@ def load_pretrained(model: ResNet | DenseNet, source: str) -> None:
     if spec.form != "imagenet" or spec.stem != "imagenet":
         raise ValueError(
             "pretrained weights are for ImageNet-form nets with the ImageNet stem, not "
-            f"{model.arch}{model.depth} ({spec.form} form, {spec.stem} stem)"
+            f"{spec.label}{spec.depth} ({spec.form} form, {spec.stem} stem)"
         )
     if source == "torchvision":
         state = torchvision_weights(f"{spec.family}{spec.depth}")
@@ -86,7 +86,7 @@ def load_pretrained(model: ResNet | DenseNet, source: str) -> None:
         first = (missing or unexpected or wrong)[0]
         what = "missing" if missing else "unexpected" if unexpected else "of another shape"
         raise ValueError(
-            f"pretrained weights do not fit {model.arch}{model.depth}: {first} is {what} ({len(missing)} "
+            f"pretrained weights do not fit {spec.label}{spec.depth}: {first} is {what} ({len(missing)} "
             f"missing, {len(unexpected)} unexpected, {len(wrong)} of another shape)"
         )
     model.load_state_dict(state, strict=False)

@@ -130,14 +130,6 @@ class ResNet(nn.Module):
         self.fc = classifier(channels, num_classes)
 
     @property
-    def arch(self) -> str:
-        return self.spec.label
-
-    @property
-    def depth(self) -> int:
-        return self.spec.depth
-
-    @property
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i}") for i in range(1, len(self.spec.stages) + 1)]
 
