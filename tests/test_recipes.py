@@ -134,7 +134,7 @@ def test_choose_fine_tunes_three_pretrained_nets_on_a_users_folder(cli, workdir)
         "dataset.batch_size=4",
         "dataset.num_workers=0",
         "trainer.max_epochs=1",
-        "optim.lr=1e-6",  # random-init nets on noise at 32 px take huge first steps; keep them small
+        "optim.lr=1e-7",  # random-init nets on noise at 32 px take huge first steps; keep them small
         "logger=none",
     )
     assert result.status == 0, result.err
