@@ -286,6 +286,15 @@ def test_a_comet_folder_that_cannot_be_written_disables_comet_with_one_line(cli,
     assert timed["start"][0] < 1 and timed["finish"][0] < 1
 
 
+def test_online_without_a_key_is_refused_before_anything_runs(cli, workdir):
+    result = cli("train", "dataset=digits", "logger=comet", "logger.online=true")
+    assert result.status == 1
+    assert result.error_line() == (
+        "error: logger.online=true but no Comet API key: set COMET_API_KEY or run `comet login`"
+    )
+    assert sorted(p.name for p in workdir.iterdir()) == ["home"]
+
+
 def holding(root: Path, secret: str) -> list[str]:
     """Every file under `root` (members of zip archives too) whose name or content holds `secret`."""
     found = []

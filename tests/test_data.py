@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -216,6 +217,19 @@ def test_imagefolder_numbers_validation_classes_as_training_does(tmp_path):
     assert data.num_classes == 3
     _, labels = next(iter(data.val_dataloader()))
     assert labels.tolist() == [2, 2, 2]  # dog is class 2 of training's, not class 0 of val's one folder
+
+
+def test_imagefolder_starts_one_worker_per_cpu_the_process_may_use(tmp_path):
+    from experiments.data import ImageFolderData
+
+    make_folder(tmp_path / "pets", {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # as SLURM binds a one-CPU job's task
+    try:
+        data = ImageFolderData("imagefolder", str(tmp_path / "pets"), image_size=8, batch_size=4)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert data.num_workers == 1 and os.cpu_count() > 1
 
 
 @pytest.mark.parametrize(

@@ -101,7 +101,7 @@ def new_record(
 ) -> RunRecord:
     """A run's record before its first step: what runs, where, and (unless measure.enabled is false for a
     training run) what the model costs in FLOPs and activation memory, counted on tensors without data."""
-    from experiments.measure.counts import activation_bytes, flops_per_image
+    from experiments.measure.counts import activation_bytes, count_params, flops_per_image
 
     image = (datamodule.in_channels, datamodule.image_size, datamodule.image_size)
     batch = (datamodule.batch_size, *image)
@@ -122,7 +122,7 @@ def new_record(
         device=device.name,
         sweep=sweep,
         packed_with=packed_with,
-        params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        params=count_params(model),
         flops_per_image=flops,
         macs_per_image=None if flops is None else flops // 2,
         activation_bytes=activation_bytes(model, batch) if counts else None,

@@ -35,13 +35,6 @@ class Device:
     def name(self) -> str:
         return torch.cuda.get_device_name() if self.cuda else "cpu"
 
-    @property
-    def autocast_dtype(self) -> torch.dtype:
-        """What the forward pass computes in: bfloat16 or float16 under mixed precision, else float32."""
-        if self.precision.startswith("bf16"):
-            return torch.bfloat16
-        return torch.float16 if self.precision.startswith("16") else torch.float32
-
 
 def resolve_device(cfg: DictConfig) -> Device:
     check_accelerator(cfg)

@@ -12,8 +12,6 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-STATUSES = ("completed", "failed", "diverged", "interrupted")
-
 
 @dataclass
 class RunRecord:
@@ -22,7 +20,7 @@ class RunRecord:
     # what ran
     command: str = "train"  # train | profile | probe
     status: str = "failed"  # completed | failed | diverged | interrupted; failed until the run says otherwise
-    arch: str = ""  # the family as the papers name it: resnet, plain, densenet, densenet_bc
+    arch: str = ""  # as the papers name it: resnet, plain, densenet, densenet_bc (or densenet_b, densenet_c)
     depth: int = 0  # weighted layers, as in the papers
     dataset: str = ""
     seed: int = 0

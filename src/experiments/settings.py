@@ -126,7 +126,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "measure.grad_norm_every": (_int(0), "an integer >= 0 (0: off)"),
     "measure.signals_every": (
         lambda v: v == "auto" or _int(0)(v),
-        "auto (about 50 steps a run, dense early), k (every k-th step) or 0 (off)",
+        "auto (about 50 steps a run, dense early, at most 1 in 10), k (every k-th step) or 0 (off)",
     ),
     "profile.batch_size": (_optional(_int(1)), "a positive integer or null"),
     "profile.warmup_steps": (_int(0), "an integer >= 0"),
@@ -141,6 +141,8 @@ def check(cfg: DictConfig) -> None:
     check_shape(cfg, spec)
     check_paths(cfg)
     check_accelerator(cfg)
+    if cfg.logger.get("name") == "comet":
+        check_comet_key(cfg.logger.get("online"))
 
 
 def check_paths(cfg: DictConfig) -> None:
@@ -175,6 +177,15 @@ def check_accelerator(cfg: DictConfig) -> None:
                 f"trainer.accelerator={accelerator} but no CUDA GPU is visible here; use trainer=cpu or "
                 "trainer=default"
             )
+
+
+def check_comet_key(online: str | bool | None) -> None:
+    """logger.online=true needs a Comet API key (comet_ml's config is read only then: it takes a second)."""
+    if online is True:
+        from comet_ml.config import get_api_key, get_config
+
+        if not get_api_key(None, get_config()):
+            raise UserError("logger.online=true but no Comet API key: set COMET_API_KEY or run `comet login`")
 
 
 def _is_checkpoint(path: Path) -> bool:

@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--draws", type=positive_int, default=5, help="random draws of k blocks per k (default 5)"
     )
-    parser.add_argument("--max-k", type=positive_int, help="largest k (default: half the deletable blocks)")
+    parser.add_argument(
+        "--max-k", type=positive_int, help="largest k, at most half the deletable blocks (default: that half)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     return parser
 

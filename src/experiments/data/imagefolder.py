@@ -92,7 +92,9 @@ class ImageFolderData(pl.LightningDataModule):
                     "PATH/train/<class>/ and PATH/val/<class>/ image folders"
                 )
         self.name, self.image_size, self.batch_size, self.seed = name, image_size, batch_size, seed
-        self.num_workers = min(8, os.cpu_count() or 1) if num_workers == "auto" else int(num_workers)
+        # auto: the CPUs this process may run on (a SLURM job's, where SLURM binds its tasks), at most 8
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.num_workers = min(8, usable) if num_workers == "auto" else int(num_workers)
         self.classes = _Folder(self.root / "train", None, None).class_to_idx
         if len(self.classes) < 2:
             raise UserError(

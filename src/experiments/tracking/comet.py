@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from experiments.errors import UserError
+from experiments import settings
 from experiments.record import RunRecord
 from experiments.tracking import dashboard
 from experiments.tracking.loggers import CometLogger
@@ -327,8 +327,7 @@ class CometRun:
         api_key = _api_key()
         route_library_logs(folder / "comet.log", secret=api_key)
         online = logger_cfg["online"]
-        if online is True and not api_key:
-            raise UserError("logger.online=true but no Comet API key: set COMET_API_KEY or run `comet login`")
+        settings.check_comet_key(online)
         secrets = {api_key} if api_key else set()
         options = {
             "project_name": logger_cfg["project"],

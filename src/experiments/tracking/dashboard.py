@@ -19,7 +19,7 @@ from experiments.report.collect import Run
 
 # flat parameters of every run, beside the whole config (`arch.depth`, `optim.lr`, ...)
 PARAMETERS = {
-    "family": "the net's family: plain, resnet, densenet, densenet_bc",
+    "family": "the net's family: plain, resnet, densenet, densenet_bc (or densenet_b, densenet_c)",
     "depth": "weighted layers",
     "dataset": "digits, cifar10, ...",
     "seed": "the run's seed",

@@ -11,5 +11,4 @@ class SlurmLauncher(SeeEveryRunThrough, submitit_launcher.SlurmLauncher):
 
 
 class LocalLauncher(SeeEveryRunThrough, submitit_launcher.LocalLauncher):
-    """hydra/launcher=submitit_local with hydra.launcher._target_ set to this class: the same jobs as local
-    processes; every job waited for."""
+    """hydra/launcher=submitit_local: the same jobs as local processes; every job waited for."""
