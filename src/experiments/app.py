@@ -266,6 +266,4 @@ def _launch_error(error: Exception) -> str:
             f"cannot write {error.filename}: {error.strerror} "
             "(runs go elsewhere with hydra.run.dir=DIR, or hydra.sweep.dir=DIR with -m)"
         )
-    if isinstance(error, UserError):
-        return str(error)
     return one_line(error)

@@ -101,12 +101,15 @@ def new_record(
 ) -> RunRecord:
     """A run's record before its first step: what runs, where, and (unless measure.enabled is false for a
     training run) what the model costs in FLOPs and activation memory, counted on tensors without data."""
-    from experiments.measure.counts import activation_bytes, count_params, flops_per_image
+    from experiments.measure.counts import count_params, flops_per_image
 
     image = (datamodule.in_channels, datamodule.image_size, datamodule.image_size)
     batch = (datamodule.batch_size, *image)
     counts = command != "train" or cfg.measure.enabled
     flops = flops_per_image(model, image) if counts else None
+    fp32_bytes, precision_bytes = (
+        _activation_bytes(model, batch, device.precision) if counts else (None, None)
+    )
     return RunRecord(
         command=command,
         arch=model.spec.label,
@@ -125,12 +128,22 @@ def new_record(
         params=count_params(model),
         flops_per_image=flops,
         macs_per_image=None if flops is None else flops // 2,
-        activation_bytes=activation_bytes(model, batch) if counts else None,
-        activation_bytes_at_precision=activation_bytes(model, batch, device.precision) if counts else None,
+        activation_bytes=fp32_bytes,
+        activation_bytes_at_precision=precision_bytes,
         paper_test_error=paper_test_error(model.spec, datamodule.name, _augmented(cfg))
         if command == "train"
         else None,
     )
+
+
+def _activation_bytes(model: nn.Module, batch: tuple[int, ...], precision: str) -> tuple[int, int]:
+    """Bytes held for backward in fp32 and at `precision`, traced once where the two hold the same dtypes."""
+    from experiments.measure.counts import PRECISION_DTYPES, activation_bytes
+
+    fp32 = activation_bytes(model, batch)
+    if PRECISION_DTYPES.get(str(precision), PRECISION_DTYPES["32-true"]) == PRECISION_DTYPES["32-true"]:
+        return fp32, fp32
+    return fp32, activation_bytes(model, batch, precision)
 
 
 def _augmented(cfg: DictConfig) -> bool:

@@ -29,7 +29,7 @@ def register_presets() -> None:
 
 
 def compose(command: str, overrides: list[str] = ()) -> DictConfig:
-    """The config of `experiments COMMAND OVERRIDES`, composed as Hydra composes it for a run (tests,
+    """The config of `experiments COMMAND OVERRIDES`, composed as Hydra composes it for a run (tests
     and benchmarks use it)."""
     register_presets()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

@@ -156,14 +156,17 @@ def check_paths(cfg: DictConfig) -> None:
                 f"ckpt_path: {path} is not a PyTorch checkpoint (a zip archive that torch.save wrote)"
             )
     if cfg.dataset.get("_target_", "").endswith("ImageFolderData"):
-        root = Path(cfg.dataset.path).expanduser()
-        for folder in ("train", "val"):
-            if not (root / folder).is_dir():
-                raise UserError(
-                    f"dataset.path: {root / folder} is not a folder; imagefolder needs PATH/train/<class>/ "
-                    "and "
-                    "PATH/val/<class>/ image folders"
-                )
+        check_imagefolder_root(Path(cfg.dataset.path).expanduser())
+
+
+def check_imagefolder_root(root: Path) -> None:
+    """An image-folder dataset's root must hold train/ and val/ folders."""
+    for folder in ("train", "val"):
+        if not (root / folder).is_dir():
+            raise UserError(
+                f"dataset.path: {root / folder} is not a folder; imagefolder needs PATH/train/<class>/ "
+                "and PATH/val/<class>/ image folders"
+            )
 
 
 def check_accelerator(cfg: DictConfig) -> None:
@@ -180,12 +183,17 @@ def check_accelerator(cfg: DictConfig) -> None:
 
 
 def check_comet_key(online: str | bool | None) -> None:
-    """logger.online=true needs a Comet API key (comet_ml's config is read only then: it takes a second)."""
-    if online is True:
-        from comet_ml.config import get_api_key, get_config
+    """logger.online=true needs a Comet API key (looked for only then)."""
+    if online is True and not comet_api_key():
+        raise UserError("logger.online=true but no Comet API key: set COMET_API_KEY or run `comet login`")
 
-        if not get_api_key(None, get_config()):
-            raise UserError("logger.online=true but no Comet API key: set COMET_API_KEY or run `comet login`")
+
+def comet_api_key() -> str | None:
+    """The Comet API key as comet_ml finds it: COMET_API_KEY, else its config file (read only when asked:
+    importing comet_ml takes a second)."""
+    from comet_ml.config import get_api_key, get_config
+
+    return get_api_key(None, get_config())
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -230,10 +238,8 @@ def check_arch(cfg: DictConfig) -> specs.Spec:
     name = arch.pop("name")
     pretrained = arch.pop("pretrained", None)
     arch.pop("freeze", None)
-    if pretrained and arch.get("stem") in (None, "auto"):
-        arch["stem"] = "imagenet"
     try:
-        spec = specs.resolve(name, image_size=dataset_shape(cfg)[2], **arch)
+        spec = specs.resolve(name, image_size=dataset_shape(cfg)[2], pretrained=bool(pretrained), **arch)
     except ValueError as error:
         raise UserError(f"arch: {error}") from None
     if pretrained not in (None, "torchvision"):

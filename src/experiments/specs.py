@@ -40,7 +40,6 @@ DENSENET_DEFAULTS = {
     "imagenet": {"growth_rate": 32, "bottleneck": True, "compression": 0.5},
     "bc": {"growth_rate": 12, "bottleneck": True, "compression": 0.5},
 }
-_DENSENET_IMAGENET = DENSENET_DEFAULTS["imagenet"]
 PRESETS: dict[str, dict[str, Any]] = {
     # He et al. 2016, CIFAR-10 (Table 6, Fig. 6): 3 stages at 16/32/64 filters, option A shortcuts
     **{f"resnet{d}": {"family": "resnet", "depth": d} for d in (20, 32, 44, 56, 110, 1202)},
@@ -53,33 +52,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         for d in RESNET_IMAGENET
     },
     # Huang et al. 2017, CIFAR (Table 2)
-    "densenet40": {
-        "family": "densenet",
-        "depth": 40,
-        "growth_rate": 12,
-        "bottleneck": False,
-        "compression": 1.0,
-    },
-    "densenet100": {
-        "family": "densenet",
-        "depth": 100,
-        "growth_rate": 12,
-        "bottleneck": False,
-        "compression": 1.0,
-    },
+    **{f"densenet{d}": {"family": "densenet", "depth": d, **DENSENET_DEFAULTS["cifar"]} for d in (40, 100)},
     "densenet_bc100": {"family": "densenet_bc", "depth": 100, "growth_rate": 12},
     "densenet_bc190": {"family": "densenet_bc", "depth": 190, "growth_rate": 40},
     "densenet_bc250": {"family": "densenet_bc", "depth": 250, "growth_rate": 24},
     # Huang et al. 2017, ImageNet (Table 1): torchvision's densenet121..201
     **{
-        f"densenet{d}": {"family": "densenet", "form": "imagenet", "depth": d, **_DENSENET_IMAGENET}
+        f"densenet{d}": {
+            "family": "densenet",
+            "form": "imagenet",
+            "depth": d,
+            **DENSENET_DEFAULTS["imagenet"],
+        }
         for d in (121, 169, 201, 264)
     },
     "densenet161": {
         "family": "densenet",
         "form": "imagenet",
         "depth": 161,
-        **_DENSENET_IMAGENET,
+        **DENSENET_DEFAULTS["imagenet"],
         "growth_rate": 48,
     },
 }
@@ -136,9 +127,10 @@ class DenseNetSpec:
 Spec = ResNetSpec | DenseNetSpec
 
 
-def resolve(name: str, image_size: int = 32, **kwargs: Any) -> Spec:
+def resolve(name: str, image_size: int = 32, pretrained: bool = False, **kwargs: Any) -> Spec:
     """The complete spec of `name` (a family or a preset) with `kwargs` over the preset's values and None
-    taking the family's default; a one-line ValueError names what is wrong and what is valid."""
+    taking the family's default; a one-line ValueError names what is wrong and what is valid. A `pretrained`
+    net gets the ImageNet stem its weights were trained with unless `stem` says otherwise."""
     if name in PRESETS:
         given = {k: v for k, v in kwargs.items() if v is not None}
         kwargs = {**PRESETS[name], **given}
@@ -151,6 +143,8 @@ def resolve(name: str, image_size: int = 32, **kwargs: Any) -> Spec:
     if unknown := sorted(set(kwargs) - known - {"family"}):
         raise ValueError(f"{name} takes no argument {unknown[0]!r}; it takes {', '.join(sorted(known))}")
     stem = kwargs.pop("stem", "auto")
+    if pretrained and stem == "auto":
+        stem = "imagenet"
     _check_choice(f"{name} stem", stem, STEMS)
     return build(name, image_size=image_size, stem=stem, **kwargs)
 

@@ -127,8 +127,8 @@ def _record_results(record: RunRecord, outcome: Outcome, epochs: int, run_dir: P
         epochs=epochs,
         train_error=_error(final.get("train/acc")),
         val_error=_error(final.get("val/acc")),
-        train_loss=_float(final.get("train/loss")),
-        val_loss=_float(final.get("val/loss")),
+        train_loss=final.get("train/loss"),
+        val_loss=final.get("val/loss"),
         param_grad_norms=_param_grad_norms(rows, ["stem", *_stages(rows), "head"]),
     )
 
@@ -259,12 +259,8 @@ def _fraction(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _float(value: object) -> float | None:
-    return None if value in (None, "") else float(value)
-
-
-def _error(accuracy: object) -> float | None:
-    return None if accuracy in (None, "") else 1 - float(accuracy)
+def _error(accuracy: float | None) -> float | None:
+    return None if accuracy is None else 1 - accuracy
 
 
 def _stages(rows: list[dict]) -> list[str]:
@@ -277,5 +273,5 @@ def _stages(rows: list[dict]) -> list[str]:
 def _param_grad_norms(rows: list[dict], parts: list[str]) -> dict[str, list[float | None]] | None:
     """Per part of the net (in `parts`' order), its mean parameter-gradient norm in each epoch, from
     metrics.csv's columns."""
-    norms = {part: [_float(row.get(f"param_grad_norm/{part}")) for row in rows] for part in parts}
+    norms = {part: [row.get(f"param_grad_norm/{part}") for row in rows] for part in parts}
     return {part: values for part, values in norms.items() if any(v is not None for v in values)} or None

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from experiments.errors import UserError
+from experiments.settings import check_imagefolder_root
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -85,12 +86,7 @@ class ImageFolderData(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.root = Path(path).expanduser()
-        for folder in ("train", "val"):
-            if not (self.root / folder).is_dir():
-                raise UserError(
-                    f"dataset.path: {self.root / folder} is not a folder; imagefolder needs "
-                    "PATH/train/<class>/ and PATH/val/<class>/ image folders"
-                )
+        check_imagefolder_root(self.root)
         self.name, self.image_size, self.batch_size, self.seed = name, image_size, batch_size, seed
         # auto: the CPUs this process may run on (a SLURM job's, where SLURM binds its tasks), at most 8
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

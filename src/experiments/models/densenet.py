@@ -30,16 +30,11 @@ class DenseLayer(nn.Module):
         self.norm1, self.relu1 = nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True)
         self.conv1 = conv(in_channels, width, 1 if spec.bottleneck else 3)
         if spec.bottleneck:
-            self.norm2, self.relu2, self.conv2 = (
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-                conv(width, k, 3),
-            )
-        self.bottleneck, self.drop_rate, self.memory_efficient = (
-            spec.bottleneck,
-            spec.drop_rate,
-            spec.memory_efficient,
-        )
+            self.norm2, self.relu2 = nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+            self.conv2 = conv(width, k, 3)
+        self.bottleneck = spec.bottleneck
+        self.drop_rate = spec.drop_rate
+        self.memory_efficient = spec.memory_efficient
 
     def _first(self, *features: Tensor) -> Tensor:
         """concat-norm1-relu1-conv1: the part whose input grows with every layer before it."""
@@ -119,9 +114,8 @@ class DenseNet(nn.Module):
     def blocks(self) -> list[Block]:
         """The stem, each dense layer (its k new maps) and each transition, then the head."""
         children = [name for name, _ in self.features.named_children()]
-        stem = children[
-            : -2 * len(self.spec.blocks)
-        ]  # the blocks, the transitions between them, the last norm
+        # the stem is what comes before the last 2n children: n blocks, n - 1 transitions, the final norm
+        stem = children[: -2 * len(self.spec.blocks)]
         found = [Block(f"features.{stem[-1]}", "stem", 0, tuple(f"features.{name}" for name in stem))]
         for name, module in self.features.named_children():
             stage = int(name[-1]) if name[:-1] in ("denseblock", "transition") else 0

@@ -47,9 +47,7 @@ def create_model(
     (downloaded once into torch's cache); the classifier keeps its fresh weights when `num_classes` is not
     1000. Pretrained nets get the ImageNet stem unless `stem` says otherwise (then loading fails).
     """
-    if pretrained and kwargs.get("stem") in (None, "auto"):
-        kwargs["stem"] = "imagenet"
-    spec = resolve(name, image_size=image_size, **kwargs)
+    spec = resolve(name, image_size=image_size, pretrained=bool(pretrained), **kwargs)
     net = ResNet if isinstance(spec, ResNetSpec) else DenseNet
     model = net(spec, num_classes=num_classes, in_channels=in_channels)
     if pretrained:

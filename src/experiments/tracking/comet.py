@@ -286,12 +286,6 @@ def _experiment_config(name: str, tags: list[str], folder: Path) -> Any:
     )
 
 
-def _api_key() -> str | None:
-    from comet_ml.config import get_api_key, get_config
-
-    return get_api_key(None, get_config())
-
-
 def server_url() -> str:
     from comet_ml.config import get_comet_root_url, get_config
 
@@ -324,7 +318,7 @@ class CometRun:
         import comet_ml  # after SETTINGS: some are read at import
 
         route_library_logs(folder / "comet.log")
-        api_key = _api_key()
+        api_key = settings.comet_api_key()
         route_library_logs(folder / "comet.log", secret=api_key)
         online = logger_cfg["online"]
         settings.check_comet_key(online)
@@ -432,10 +426,9 @@ class _Probe:
     """The server's version check, asked in a thread: what the server does now, in a few words."""
 
     def __init__(self) -> None:
-        from comet_ml.config import get_comet_root_url, get_config
         from comet_ml.connection.connection_url_helpers import get_backend_version_url
 
-        self.url = get_backend_version_url(get_comet_root_url(get_config()))
+        self.url = get_backend_version_url(server_url())
         self.answer: str | None = None
         self.thread = threading.Thread(target=self._ask, name="comet-probe", daemon=True)
         self.thread.start()
