@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -34,6 +35,14 @@ class _Clock:
 
     def ms(self, start: Any, end: Any) -> float:
         return start.elapsed_time(end) if self.cuda else (end - start) * 1000
+
+
+@dataclass
+class _Step:
+    start: Any  # the clock's timestamps
+    end: Any
+    timed: bool  # False for a step slowed down on purpose (a signal step)
+    wait_s: float  # host time since the previous step's end: fetching this step's batch
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -63,8 +72,7 @@ class TrainingCost(pl.Callback):
         self.images = 0
         self.peak_bytes: int | None = None
         self.first_step_unix_time: float | None = None  # shows how long the command took to start
-        self._pending: list[tuple[Any, Any]] = []  # this epoch's timed steps: (start, end) of each
-        self._untimed: list[tuple[Any, Any]] = []
+        self._pending: list[_Step] = []  # this epoch's steps after warm-up, read at its end
         self._seen = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -86,8 +94,7 @@ class TrainingCost(pl.Callback):
         graph = getattr(pl_module, "step_graph", None)
         self._replays = graph.replays if graph is not None else 0
         if self._counted:
-            if self._last_end is not None:
-                self.data_wait_s += time.perf_counter() - self._last_end
+            self._wait_s = 0.0 if self._last_end is None else time.perf_counter() - self._last_end
             self._start = self.clock.now()
 
     def on_train_batch_end(
@@ -96,12 +103,10 @@ class TrainingCost(pl.Callback):
         self._seen += 1
         if not self._counted:
             return
-        if self._this_untimed:
-            self._untimed.append((self._start, self.clock.now()))  # cut out of the span below
-        else:
+        self._pending.append(_Step(self._start, self.clock.now(), not self._this_untimed, self._wait_s))
+        if not self._this_untimed:
             graph = getattr(pl_module, "step_graph", None)
             self.graphed.append(graph is not None and graph.replays > self._replays)
-            self._pending.append((self._start, self.clock.now()))
             self.images += len(batch[1]) * trainer.world_size
         self._last_end = time.perf_counter()
 
@@ -110,17 +115,23 @@ class TrainingCost(pl.Callback):
         self.peak_bytes = self.memory.stop() if self.measure_memory else None
 
     def end_epoch(self) -> dict[str, float]:
-        """Read this epoch's clocks (one device sync) and return its median step time."""
-        if not self._pending:
+        """Read this epoch's clocks (one device sync) and return its median step time.
+
+        The timed span runs from the epoch's first timed step to its last; untimed steps inside it are cut
+        out, those outside it were never in it."""
+        steps, self._pending = self._pending, []
+        timed = [i for i, step in enumerate(steps) if step.timed]
+        if not timed:
             return {}
+        span = steps[timed[0] : timed[-1] + 1]
         if self.clock.cuda:
-            self._pending[-1][1].synchronize()
-        steps = [self.clock.ms(start, end) for start, end in self._pending]
-        self.step_ms += steps
-        untimed = sum(self.clock.ms(start, end) for start, end in self._untimed)
-        self.span_ms += self.clock.ms(self._pending[0][0], self._pending[-1][1]) - untimed
-        self._pending, self._untimed = [], []
-        return {"step_time_ms": statistics.median(steps)}
+            span[-1].end.synchronize()  # events complete in order: every earlier one is then readable
+        step_ms = [self.clock.ms(step.start, step.end) for step in span if step.timed]
+        untimed_ms = sum(self.clock.ms(step.start, step.end) for step in span if not step.timed)
+        self.step_ms += step_ms
+        self.span_ms += self.clock.ms(span[0].start, span[-1].end) - untimed_ms
+        self.data_wait_s += sum(step.wait_s for step in span[1:])
+        return {"step_time_ms": statistics.median(step_ms)}
 
     def summary(self) -> dict[str, Any]:
         """The cost fields of the run's record (None where nothing was timed)."""
