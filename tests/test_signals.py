@@ -244,3 +244,21 @@ def test_probe_measures_at_initialisation_in_a_run_directory_of_its_own(cli, wor
     assert random.status == 0 and "one random batch of 128" in random.out
     (run,) = run_dirs(workdir / "outputs")
     assert summary(run)["data"] == "random" and not (workdir / "data").exists()
+
+
+def test_a_failed_probe_leaves_its_record_and_the_report_names_its_command(cli, workdir, monkeypatch):
+    def out_of_memory(*_: object) -> None:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("experiments.commands.probe.measure_step", out_of_memory)
+    result = cli("probe", "arch=resnet", "arch.depth=8", "dataset=digits", "logger=none")
+    assert result.status == 1
+    assert result.error_line().startswith("error: probe failed: RuntimeError: CUDA out of memory")
+    (run,) = run_dirs(workdir / "outputs")
+    record = summary(run)
+    assert (record["command"], record["status"]) == ("probe", "failed") and not (run / "signals.csv").exists()
+    (run / "summary.json").unlink()  # as if killed: only Hydra's files say which command it was
+    assert cli("report", str(workdir / "outputs"), "--out", "report").status == 0
+    with (workdir / "report" / "runs.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert (row["command"], row["status"], row["paper_test_error"]) == ("probe", "unfinished", "")

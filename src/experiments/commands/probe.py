@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from experiments.build import build_datamodule, build_model, new_record
 from experiments.commands.profile import random_like
 from experiments.device import build_optimizer, resolve_device
-from experiments.errors import UserError
+from experiments.errors import RunFailed, UserError, describe
 from experiments.finished import load_weights
 from experiments.measure.signals import StepSignals, WeightSignals
 from experiments.record import RunRecord, write_record, write_rows
@@ -40,9 +40,13 @@ def probe(
     record = new_record("probe", cfg, model, datamodule, device, sweep, packed_with)
     model = model.to("cuda" if device.cuda else "cpu").train()
     images, labels = images.to(next(model.parameters()).device), labels.to(next(model.parameters()).device)
-    rows = measure_step(
-        model, images, labels, build_optimizer(cfg, device)(p for p in model.parameters() if p.requires_grad)
-    )
+    optimizer = build_optimizer(cfg, device)(p for p in model.parameters() if p.requires_grad)
+    try:
+        rows = measure_step(model, images, labels, optimizer)
+    except Exception as error:  # out of memory, most likely: the record says so
+        record.update(error=describe(error), wall_time_s=round(time.perf_counter() - started, 2))
+        write_record(run_dir / "summary.json", record)
+        raise RunFailed(f"probe failed: {record.error} (record: {run_dir / 'summary.json'})") from error
     write_rows(run_dir / "signals.csv", rows)
     record.update(status="completed", data=source, wall_time_s=round(time.perf_counter() - started, 2))
     write_record(run_dir / "summary.json", record)

@@ -24,6 +24,7 @@ class Run:
     record: RunRecord | None = None
     problem: str | None = None  # why summary.json could not be read
     config: dict[str, Any] = field(default_factory=dict)
+    job: str | None = None  # the command that made the run, as Hydra recorded it (train, profile, probe)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -40,6 +41,8 @@ class Run:
                     run.config = OmegaConf.to_container(config, resolve=True)
                 except Exception:  # an interpolation that needs what is not here: as written
                     run.config = OmegaConf.to_container(config)
+        with contextlib.suppress(Exception):  # a damaged hydra.yaml only costs the run its command's name
+            run.job = str(OmegaConf.load(path / ".hydra" / "hydra.yaml").hydra.job.name)
         with contextlib.suppress(Exception):  # a damaged metrics.csv only costs the run its curves
             run.rows = read_metrics(path / "metrics.csv")
         return run
@@ -58,7 +61,7 @@ class Run:
 
     @property
     def command(self) -> str:
-        return self.record.command if self.record else "profile" if "profile" in self.config else "train"
+        return self.record.command if self.record else self.job or "train"
 
     @cached_property
     def arch(self) -> str:
