@@ -114,6 +114,11 @@ def test_report_of_a_directory_without_runs_is_one_line(cli, workdir):
     assert result.status == 1
     assert result.error_line() == "error: no runs under empty (a run directory holds .hydra/)"
     assert cli("report", "nowhere").error_line() == "error: nowhere is not a directory"
+    wrong_option = cli("report", "empty", "--logger", "wandb")
+    assert wrong_option.status == 2
+    assert wrong_option.error_line().startswith(
+        "error: experiments report: argument --logger: invalid choice"
+    )
 
 
 def test_exponent_of_a_power_law():

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import rundir, settings
 from experiments.config import CONF_DIR
-from experiments.errors import RunFailed, UserError, is_user_error, one_line, traceback_wanted
+from experiments.errors import RunFailed, UserError, message, one_line, traceback_wanted
 from experiments.record import read_record
 from experiments.sweep import SweepRefused, SweepWatch
 from experiments.tracking.noise import silence_library_noise
@@ -105,13 +105,11 @@ def make_task(command: str, failures: Failures) -> Callable[[DictConfig], Any]:
         except Exception as error:
             if traceback_wanted() and not isinstance(error, RunFailed):
                 raise
-            message = one_line(error) + (
-                "" if is_user_error(error) else " (HYDRA_FULL_ERROR=1 shows the traceback)"
-            )
-            print(f"error: {message}", file=sys.stderr)
+            line = message(error)
+            print(f"error: {line}", file=sys.stderr)
             if os.getpid() != failures.launcher_pid:  # a launcher's worker process: its launcher collects it
-                raise RunFailed(message) from None
-            failures.lines.append(f"{job.run_dir}: {message}")
+                raise RunFailed(line) from None
+            failures.lines.append(f"{job.run_dir}: {line}")
             return None
 
     task.failures = failures  # launchers that collect runs from other processes add theirs

@@ -67,6 +67,11 @@ def one_line(error: BaseException) -> str:
     return " ".join(f"{text}: {cause}".split())
 
 
+def message(error: BaseException) -> str:
+    """What a command prints after `error: `: the one line, and for a bug of ours how to see its traceback."""
+    return one_line(error) + ("" if is_user_error(error) else " (HYDRA_FULL_ERROR=1 shows the traceback)")
+
+
 def describe(error: BaseException) -> str:
     """`error` for a run's record: the user's own message, or the type and message of anything else."""
     return one_line(error) if is_user_error(error) else " ".join(f"{type(error).__name__}: {error}".split())

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments.errors import UserError, one_line, traceback_wanted
+from experiments.errors import is_user_error, message, traceback_wanted
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ def main_over_runs(
         try:
             log.info(analyse(run, options))
         except Exception as error:
-            if traceback_wanted() and not isinstance(error, UserError):
+            if traceback_wanted() and not is_user_error(error):
                 raise
-            print(f"error: {one_line(error)}", file=sys.stderr)
+            print(f"error: {message(error)}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0

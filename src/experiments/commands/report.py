@@ -7,13 +7,14 @@ import logging
 import sys
 from pathlib import Path
 
-from experiments.errors import UserError, one_line, traceback_wanted
+from experiments.commands.analysis import OneLineParser
+from experiments.errors import UserError, is_user_error, message, traceback_wanted
 
 log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="experiments report",
         description="Tables and figures from the runs under DIRs (run or sweep directories): report.md, "
         "runs.csv and PNG figures, also logged to Comet as one report experiment.",
@@ -100,9 +101,9 @@ def main(args: list[str]) -> int:
     try:
         path = report(options.dirs, out, options.logger, options.online)
     except Exception as error:
-        if not isinstance(error, UserError) and traceback_wanted():
+        if traceback_wanted() and not is_user_error(error):
             raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {message(error)}", file=sys.stderr)
         return 1
     print(f"report: {path} (figures and runs.csv beside it)")
     return 0
