@@ -262,3 +262,22 @@ def test_a_failed_probe_leaves_its_record_and_the_report_names_its_command(cli, 
     with (workdir / "report" / "runs.csv").open() as f:
         (row,) = csv.DictReader(f)
     assert (row["command"], row["status"], row["paper_test_error"]) == ("probe", "unfinished", "")
+
+
+def test_probe_from_a_checkpoint_reads_its_weights_and_refuses_another_nets(digits_sweep, cli, workdir):
+    runs = {run.name.split("-")[0]: run for run in run_dirs(digits_sweep / "multirun")}
+    checkpoint = runs["resnet8"] / "checkpoints" / "last.ckpt"
+    common = ("arch=resnet", "dataset=digits", "logger=none", f"ckpt_path={checkpoint}")
+    result = cli("probe", "arch.depth=8", *common)
+    assert result.status == 0, result.err
+    assert f"from {checkpoint}, one real batch of 64" in result.out
+    trained = torch.load(checkpoint, weights_only=False)["state_dict"]["model.conv1.weight"]
+    (run,) = run_dirs(workdir / "outputs" / "probe")
+    stem = next(r for r in read(run / "signals.csv") if r["quantity"] == "weight_norm" and r["index"] == "0")
+    assert float(stem["value"]) == pytest.approx(trained.norm().item(), rel=1e-5)
+    other = cli("probe", "arch.depth=14", *common)
+    assert other.status == 1
+    assert other.error_line() == (
+        f"error: {checkpoint} does not fit resnet14: layer1.1.bn1.bias is missing "
+        "(36 missing, 0 unexpected, 0 of another shape)"
+    )

@@ -13,12 +13,15 @@ from torch import nn
 
 from experiments.build import build_datamodule, build_model
 from experiments.errors import UserError
+from experiments.models import DenseNet, ResNet
 from experiments.models.legacy import migrate
+from experiments.models.registry import misfit
 from experiments.record import RunRecord, read_record
 
 
-def load_weights(model: nn.Module, checkpoint: Path) -> None:
-    """The net's weights from a Lightning checkpoint of a run (its LightningModule holds it as `model`)."""
+def load_weights(model: ResNet | DenseNet, checkpoint: Path) -> None:
+    """The net's weights from a Lightning checkpoint of a run (its LightningModule holds it as `model`); a
+    one-line UserError when the checkpoint is of another net."""
     try:
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
     except Exception as error:
@@ -30,7 +33,10 @@ def load_weights(model: nn.Module, checkpoint: Path) -> None:
         for k, v in migrate(saved, prefix="model.").items()
         if k.startswith("model.")
     }
-    model.load_state_dict({k.replace("_orig_mod.", ""): v for k, v in state.items()})
+    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+    if problem := misfit(model.state_dict(), state):
+        raise UserError(f"{checkpoint} does not fit {model.spec.label}{model.spec.depth}: {problem}")
+    model.load_state_dict(state)
 
 
 @dataclass

@@ -76,18 +76,28 @@ def load_pretrained(model: ResNet | DenseNet, source: str) -> None:
     ):
         state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}  # a new head for new classes
     own = model.state_dict()
-    optional = {f"{head}.weight", f"{head}.bias", *(k for k in own if k.endswith("num_batches_tracked"))}
+    optional = frozenset(
+        {f"{head}.weight", f"{head}.bias", *(k for k in own if k.endswith("num_batches_tracked"))}
+    )
+    if problem := misfit(own, state, optional):
+        raise ValueError(f"pretrained weights do not fit {spec.label}{spec.depth}: {problem}")
+    model.load_state_dict(state, strict=False)
+
+
+def misfit(
+    own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], optional: frozenset[str] = frozenset()
+) -> str | None:
+    """Why `state` does not fit a net whose state dict is `own` (keys in `optional` may be absent), in a
+    few words naming the first key at fault; None when it fits."""
     missing = sorted(set(own) - set(state) - optional)
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        first = (missing or unexpected or wrong)[0]
-        what = "missing" if missing else "unexpected" if unexpected else "of another shape"
-        raise ValueError(
-            f"pretrained weights do not fit {spec.label}{spec.depth}: {first} is {what} ({len(missing)} "
-            f"missing, {len(unexpected)} unexpected, {len(wrong)} of another shape)"
-        )
-    model.load_state_dict(state, strict=False)
+    if not (missing or unexpected or wrong):
+        return None
+    first = (missing or unexpected or wrong)[0]
+    what = "missing" if missing else "unexpected" if unexpected else "of another shape"
+    counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape"
+    return f"{first} is {what} ({counts})"
 
 
 def torchvision_weights(name: str) -> dict[str, torch.Tensor]:
