@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from experiments.report.collect import Run
-from experiments.report.style import LINESTYLES, Figure, depth_colors, legend_outside, plt, save
+from experiments.report.style import LINESTYLES, Figure, depth_colors, error_bar, legend_outside, plt, save
 
 
 def _series(run: Run, quantity: str, step: float) -> tuple[list[float], list[float]]:
@@ -123,7 +123,7 @@ def lesion(runs: list[Run], out: Path) -> list[Figure]:
             several.errorbar(
                 ks,
                 [statistics.mean(by_k[k]) for k in ks],
-                yerr=[statistics.pstdev(by_k[k]) for k in ks],
+                yerr=[error_bar(by_k[k]) for k in ks],
                 capsize=2,
                 marker="o",
                 markersize=3,

@@ -14,7 +14,7 @@ import matplotlib.ticker
 
 from experiments.report import mechanisms
 from experiments.report.collect import Run
-from experiments.report.style import LINESTYLES, Figure, depth_colors, legend_outside, plt, save
+from experiments.report.style import LINESTYLES, Figure, depth_colors, error_bar, legend_outside, plt, save
 
 
 def _completed_training(runs: list[Run]) -> list[Run]:
@@ -64,18 +64,19 @@ def error_vs_depth(runs: list[Run], out: Path) -> list[Figure]:
     done = [r for r in _completed_training(runs) if r.get("train_error") is not None]
     if not done:
         return [None]
+    epochs = sorted({r.get("epochs") for r in done})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, key, name in zip(axes, ("train_error", "test_error"), ("training", "test"), strict=True):
         families: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         for run in done:
             if run.get(key) is not None:
-                families[f"{run.arch} ({run.dataset})"][run.depth].append(100 * run.get(key))
+                families[_family_line(run, epochs)][run.depth].append(100 * run.get(key))
         for family, by_depth in sorted(families.items()):
             depths = sorted(by_depth)
             ax.errorbar(
                 depths,
                 [statistics.mean(by_depth[d]) for d in depths],
-                yerr=[statistics.pstdev(by_depth[d]) for d in depths],
+                yerr=[error_bar(by_depth[d]) for d in depths],
                 linestyle=LINESTYLES.get(family.split()[0], ":"),
                 marker="o",
                 capsize=3,
@@ -87,11 +88,16 @@ def error_vs_depth(runs: list[Run], out: Path) -> list[Figure]:
         _depth_axis(ax, done)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    epochs = sorted({r.get("epochs") for r in done})
     seeds = sorted({r.get("seed") for r in done})
     over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean and s.d. over {len(seeds)} seeds"
     fig.suptitle(f"Error vs depth after {', '.join(map(str, epochs))} epochs ({over})")
     return [("Error vs depth", save(fig, out / "error_vs_depth.png"))]
+
+
+def _family_line(run: Run, epochs: list[int]) -> str:
+    """A line of the error-vs-depth figure: runs differing only in seed (and depth, along the line)."""
+    line = f"{run.arch} ({run.dataset}"
+    return f"{line}, {run.get('epochs')} epochs)" if len(epochs) > 1 else f"{line})"
 
 
 def _by_depth_series(runs: list[Run], key: str) -> dict[str, list[Run]]:

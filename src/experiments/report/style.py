@@ -1,7 +1,8 @@
-"""What the report's figures share: matplotlib for files, the papers' line styles, a colour per depth."""
+"""What the report's figures share: matplotlib for files, the papers' line styles, colours, error bars."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -31,3 +32,8 @@ def depth_colors(runs: list[Run]) -> dict[int, str]:
     depths = sorted({run.depth for run in runs})
     cmap = plt.get_cmap("viridis")
     return {d: cmap(i / max(len(depths) - 1, 1) * 0.9) for i, d in enumerate(depths)}
+
+
+def error_bar(values: list[float]) -> float:
+    """The sample standard deviation the tables give (0 for a single value), as an error bar."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
