@@ -20,6 +20,7 @@ import pytest
 
 from experiments.__main__ import main
 from experiments.record import RunRecord
+from experiments.report.collect import Run
 from experiments.tracking import comet, dashboard
 from tests.conftest import TINY
 from tests.helpers import (
@@ -364,19 +365,21 @@ def write_lesion_and_signals(run: Path) -> None:
 
 def test_lesion_and_signal_files_become_curves(tmp_path):
     write_lesion_and_signals(tmp_path)
-    assert dashboard.lesion_curves(tmp_path / "lesion.csv", "plain8-digits-s0") == {
+    assert dashboard.lesion_curves(Run.read(tmp_path).lesion, "plain8-digits-s0") == {
         "lesion_single-plain8-digits-s0": ([1, 3], [0.30, 0.50]),  # block 2 cannot be deleted
         "lesion_random-plain8-digits-s0": ([1, 2], [pytest.approx(0.30), 0.60]),
     }
-    assert dashboard.signal_curves(tmp_path / "signals.csv", "run") == {
+    assert dashboard.signal_curves(Run.read(tmp_path).signals, "run") == {
         "grad_norm_first_step-run": (0, ([0, 1], [0.5, 0.25])),
         "grad_norm_last_step-run": (7, ([0, 1], [0.75, 0.5])),
         "response_std_first_step-run": (0, ([0, 1], [1.0, 2.0])),
         "response_std_last_step-run": (7, ([0, 1], [1.5, 2.5])),
     }
     (tmp_path / "lesion.csv").write_text("kind,k,blocks,test_error,note\nsingle,1,x,0.3,\nsingle,1\n")
-    assert dashboard.lesion_curves(tmp_path / "lesion.csv", "r") == {}  # rows that do not parse are left out
-    assert dashboard.signal_curves(tmp_path / "absent.csv", "r") == {}
+    assert (
+        dashboard.lesion_curves(Run.read(tmp_path).lesion, "r") == {}
+    )  # rows that do not parse are left out
+    assert dashboard.signal_curves(Run.read(tmp_path / "absent").signals, "r") == {}
 
 
 def test_the_api_key_is_written_nowhere(keyed_sweep, cli, workdir, monkeypatch):

@@ -14,7 +14,7 @@ from torch import nn
 
 from experiments.device import Device, build_optimizer, prepare_model, use_cuda_graph
 from experiments.errors import UserError
-from experiments.papers import paper_test_error
+from experiments.papers import augmented, paper_test_error
 from experiments.record import RunRecord
 
 
@@ -130,7 +130,7 @@ def new_record(
         macs_per_image=None if flops is None else flops // 2,
         activation_bytes=fp32_bytes,
         activation_bytes_at_precision=precision_bytes,
-        paper_test_error=paper_test_error(model.spec, datamodule.name, _augmented(cfg))
+        paper_test_error=paper_test_error(model.spec, datamodule.name, augmented(cfg.dataset))
         if command == "train"
         else None,
     )
@@ -144,7 +144,3 @@ def _activation_bytes(model: nn.Module, batch: tuple[int, ...], precision: str) 
     if PRECISION_DTYPES.get(str(precision), PRECISION_DTYPES["32-true"]) == PRECISION_DTYPES["32-true"]:
         return fp32, fp32
     return fp32, activation_bytes(model, batch, precision)
-
-
-def _augmented(cfg: DictConfig) -> bool:
-    return bool(cfg.dataset.get("crop_padding")) or bool(cfg.dataset.get("flip"))

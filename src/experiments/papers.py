@@ -8,6 +8,7 @@ the figure is a reference, and the report says how far from it a run landed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from experiments import specs
@@ -62,13 +63,16 @@ def paper_test_error(spec: specs.Spec, dataset: str, augmented: bool) -> float |
     return PAPER_TEST_ERRORS.get((net_name(spec), dataset, augmented))
 
 
+def augmented(dataset: Mapping[str, Any]) -> bool:
+    """Whether a dataset config trains on augmented images (the papers' "+" columns: crops and flips)."""
+    return bool(dataset.get("crop_padding")) or bool(dataset.get("flip"))
+
+
 def for_config(config: dict[str, Any]) -> float | None:
     """The paper's test error for a run's composed config (a plain dict), None where none matches."""
     try:
         arch = {k: v for k, v in config["arch"].items() if k not in ("pretrained", "freeze")}
         spec = specs.resolve(arch.pop("name"), image_size=32, **arch)
-        dataset = config["dataset"]
-        augmented = bool(dataset.get("crop_padding")) or bool(dataset.get("flip"))
-        return paper_test_error(spec, dataset["name"], augmented)
+        return paper_test_error(spec, config["dataset"]["name"], augmented(config["dataset"]))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from experiments.errors import is_user_error, message, traceback_wanted
+from experiments.report.collect import is_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ def positive_int(text: str) -> int:
 
 def run_dirs(paths: list[Path]) -> list[Path]:
     """The run directories among `paths` as a shell glob gives them (`multirun/<date>/<time>/*` also
-    matches multirun.yaml and report/): those holding a summary.json, or a .hydra/ config."""
-    return [p for p in paths if p.is_dir() and ((p / "summary.json").exists() or (p / ".hydra").is_dir())]
+    matches multirun.yaml and report/)."""
+    return [path for path in paths if is_run_dir(path)]
 
 
 def main_over_runs(

@@ -18,7 +18,6 @@ from typing import Any
 
 from scipy import stats
 
-from experiments import papers
 from experiments.report.collect import Run
 
 KEYS = ("train_error", "val_error", "test_error", "train_loss", "val_loss")
@@ -43,7 +42,7 @@ class Group:
 
     @property
     def paper(self) -> float | None:
-        return self.first.get("paper_test_error") or papers.for_config(self.first.config)
+        return self.first.paper_test_error
 
     def row(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -79,7 +78,7 @@ def groups(runs: list[Run]) -> list[Group]:
     """Completed training runs grouped by config, in the report's order."""
     found: dict[str, Group] = defaultdict(Group)
     for run in runs:
-        if run.command == "train" and run.status == "completed":
+        if run.trained:
             found[_config_key(run)].runs.append(run)
     return list(found.values())
 

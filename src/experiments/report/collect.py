@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from experiments import papers
 from experiments.record import RunRecord, read_metrics, read_record
 
 FAMILY_ORDER = ("plain", "resnet", "densenet", "densenet_b", "densenet_c", "densenet_bc")
@@ -125,6 +126,19 @@ class Run:
             return []
 
     @property
+    def trained(self) -> bool:
+        """A training run that completed."""
+        return self.command == "train" and self.status == "completed"
+
+    @property
+    def paper_test_error(self) -> float | None:
+        """The paper's test error for a training run's net and data: its record's, or looked up from its
+        config for a run from before records held it."""
+        if self.command != "train":
+            return None
+        return self.get("paper_test_error") or papers.for_config(self.config)
+
+    @property
     def error(self) -> str | None:
         return self.problem or self.get("error")
 
@@ -142,12 +156,16 @@ class Run:
         )
 
 
+RUN_MARKERS = (".hydra", "summary.json")  # what a run directory holds: Hydra's composed config, its record
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / marker).exists() for marker in RUN_MARKERS)
+
+
 def find_runs(directories: list[Path]) -> list[Run]:
-    """Every run under `directories`: a directory holding .hydra/ (composed by Hydra) or summary.json."""
+    """Every run under `directories`."""
     paths = {
-        marker.parent
-        for directory in directories
-        for pattern in (".hydra", "summary.json")
-        for marker in directory.rglob(pattern)
+        marker.parent for directory in directories for name in RUN_MARKERS for marker in directory.rglob(name)
     }
     return sorted((Run.read(path) for path in paths), key=Run.sort_key)

@@ -156,10 +156,14 @@ def _reuse_matrix(rows: list[dict[str, Any]]) -> tuple[np.ndarray, list[str]]:
     return matrix, [t if isinstance(t, str) else str(int(t)) for t in targets]
 
 
+REUSE_RUNS = 4  # rows of maps in one figure; more would be unreadable (each run's feature_reuse.csv has all)
+
+
 def feature_reuse(runs: list[Run], out: Path) -> list[Figure]:
-    """Each dense block's feature-reuse map (Huang et al. 2017, Fig. 5), for each DenseNet run: how much
-    each layer's weights read each earlier layer's maps."""
-    runs = [r for r in runs if r.reuse][:4]
+    """Each dense block's feature-reuse map (Huang et al. 2017, Fig. 5), for the first REUSE_RUNS DenseNet
+    runs with maps: how much each layer's weights read each earlier layer's maps."""
+    measured = [r for r in runs if r.reuse]
+    runs = measured[:REUSE_RUNS]
     if not runs:
         return [None]
     blocks = sorted({int(r["block"]) for run in runs for r in run.reuse})
@@ -178,5 +182,6 @@ def feature_reuse(runs: list[Run], out: Path) -> list[Figure]:
                 ylabel="target layer",
                 title=f"{run.label}, dense block {block}",
             )
-    fig.suptitle("Feature reuse: mean absolute weight a layer gives each earlier layer's maps")
-    return [("Feature reuse", save(fig, out / "feature_reuse.png"))]
+    shown = f" (the first {len(runs)} of {len(measured)} runs)" if len(measured) > len(runs) else ""
+    fig.suptitle(f"Feature reuse: mean absolute weight a layer gives each earlier layer's maps{shown}")
+    return [(f"Feature reuse{shown}", save(fig, out / "feature_reuse.png"))]

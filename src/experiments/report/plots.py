@@ -18,7 +18,7 @@ from experiments.report.style import LINESTYLES, Figure, depth_colors, error_bar
 
 
 def _completed_training(runs: list[Run]) -> list[Run]:
-    return [r for r in runs if r.command == "train" and r.status == "completed" and r.rows]
+    return [r for r in runs if r.trained and r.rows]
 
 
 def exponent(depths: list[int], values: list[float]) -> float:

@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from experiments import papers
 from experiments.report import aggregate
 from experiments.report.collect import Run
 
@@ -48,13 +47,6 @@ COLUMNS = [
 ]
 
 
-def _paper(run: Run) -> float | None:
-    """The paper's test error for a training run (its record's, or looked up for a run from before)."""
-    if run.command != "train":
-        return None
-    return run.get("paper_test_error") or (papers.for_config(run.config) if run.config else None)
-
-
 def row(run: Run) -> dict[str, Any]:
     values = {
         "arch": run.arch,
@@ -64,7 +56,7 @@ def row(run: Run) -> dict[str, Any]:
         "dataset": run.dataset,
         "status": run.status,
         "run_dir": str(run.path),
-        "paper_test_error": _paper(run),
+        "paper_test_error": run.paper_test_error,
     }
     values.update({column: run.get(key) for column, key, _, _ in COLUMNS if key})
     if run.status == "unfinished" and run.rows:  # a killed run: what its record got to

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from experiments.record import RunRecord, read_rows
+from experiments.record import RunRecord
 from experiments.report.collect import Run
 
 # flat parameters of every run, beside the whole config (`arch.depth`, `optim.lr`, ...)
@@ -107,7 +107,7 @@ def _grouped(runs: list[Run], kind: str, point: Callable[[Run], Any]) -> dict[st
 
 
 def _completed(run: Run, *keys: str) -> bool:
-    return run.command == "train" and run.status == "completed" and all(run.get(k) is not None for k in keys)
+    return run.trained and all(run.get(k) is not None for k in keys)
 
 
 def figure_curves(runs: list[Run]) -> dict[str, Curve]:
@@ -140,14 +140,14 @@ def run_names(runs: list[Run]) -> dict[Path, str]:
     return names
 
 
-def lesion_curves(path: Path, name: str) -> dict[str, Curve]:
-    """From lesion.csv (kind,k,blocks,test_error,note): the test error against the deleted block's index
-    (kind single; undeletable blocks have no error), and the mean test error against the number of blocks
-    deleted at random (kind random). Rows that do not parse are left out."""
+def lesion_curves(rows: list[dict[str, Any]], name: str) -> dict[str, Curve]:
+    """From lesion.csv's rows (kind,k,blocks,test_error,note): the test error against the deleted block's
+    index (kind single; undeletable blocks have no error), and the mean test error against the number of
+    blocks deleted at random (kind random). Rows that do not parse are left out."""
     single, random = [], []
-    for row in read_rows(path):
+    for row in rows:
         try:
-            if row.get("test_error") in ("", None):
+            if "test_error" not in row:
                 continue
             if row["kind"] == "single":
                 single.append((int(row["blocks"]), float(row["test_error"])))
@@ -159,19 +159,19 @@ def lesion_curves(path: Path, name: str) -> dict[str, Curve]:
     return {f"{kind}-{name}": _mean_curve(points) for kind, points in named.items() if points}
 
 
-def signal_curves(path: Path, name: str) -> dict[str, tuple[int, Curve]]:
-    """From signals.csv (step,block,index,quantity,value): the gradient norm and the response std against
-    the block's index at the first and the last signal step, each with its step."""
-    rows: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for row in read_rows(path):
+def signal_curves(rows: list[dict[str, Any]], name: str) -> dict[str, tuple[int, Curve]]:
+    """From signals.csv's rows (step,block,index,quantity,value): the gradient norm and the response std
+    against the block's index at the first and the last signal step, each with its step."""
+    points: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
         try:
             if row["quantity"] in ("grad_norm", "response_std"):
                 point = (int(row["index"]), float(row["value"]))
-                rows[row["quantity"]][int(row["step"])].append(point)
+                points[row["quantity"]][int(row["step"])].append(point)
         except (KeyError, ValueError):
             continue
     curves = {}
-    for quantity, by_step in sorted(rows.items()):
+    for quantity, by_step in sorted(points.items()):
         for which, step in (("first", min(by_step)), ("last", max(by_step))):
             curves[f"{quantity}_{which}_step-{name}"] = (step, _mean_curve(by_step[step]))
     return curves
@@ -181,8 +181,8 @@ def log_report_curves(experiment: Any, runs: list[Run]) -> list[str]:
     """Log every curve of REPORT_CURVES the runs give to the report's experiment; returns their names."""
     curves = {name: (None, curve) for name, curve in figure_curves(runs).items()}
     for run, name in zip(runs, run_names(runs).values(), strict=True):
-        curves |= {curve: (None, xy) for curve, xy in lesion_curves(run.path / "lesion.csv", name).items()}
-        curves |= signal_curves(run.path / "signals.csv", name)
+        curves |= {curve: (None, xy) for curve, xy in lesion_curves(run.lesion, name).items()}
+        curves |= signal_curves(run.signals, name)
     for curve, (step, (xs, ys)) in curves.items():
         experiment.log_curve(curve, xs, ys, step=step)
     return list(curves)
