@@ -200,10 +200,14 @@ def test_a_refused_sweep_writes_nothing(cli, workdir):
     [
         ("profile.batch_size=-1", "profile.batch_size must be a positive integer or null, got -1"),
         ("profile.steps=0", "profile.steps must be an integer >= 1, got 0"),
+        (
+            "profile.batch_size=1 dataset=synthetic dataset.image_size=1",
+            "profile.batch_size=1 with 1 px images leaves batch norm one value per channel",
+        ),
     ],
 )
 def test_bad_profile_settings_are_one_line(setting, expected, cli):
-    assert expected in cli("profile", "dataset=digits", setting, "logger=none").error_line()
+    assert expected in cli("profile", "dataset=digits", *setting.split(), "logger=none").error_line()
 
 
 def test_a_corrupt_checkpoint_is_one_line(cli, workdir):

@@ -74,8 +74,8 @@ class FinishedRun:
         load_weights(model, checkpoint)
         return cls(path, record, cfg, model.eval(), datamodule)
 
-    def test_batches(self, images: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The test split's first `images` images (all of them for None), in batches, on the CPU."""
+    def test_batches(self, images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The test split's first `images` images (or all, where it holds fewer), in batches, on the CPU."""
         self.datamodule.prepare_data()
         self.datamodule.setup("test")
         loader = (
@@ -85,9 +85,9 @@ class FinishedRun:
         )
         batches, count = [], 0
         for x, y in loader:
-            keep = len(y) if images is None else min(len(y), images - count)
+            keep = min(len(y), images - count)
             batches.append((x[:keep], y[:keep]))
             count += keep
-            if images is not None and count >= images:
+            if count >= images:
                 break
         return batches

@@ -271,12 +271,20 @@ def check_shape(cfg: DictConfig, spec: specs.Spec) -> None:
             f"{spec.label}{spec.depth} needs images of at least {smallest} px ({spec.form} form, {spec.stem} "
             f"stem); the dataset's are {size} px"
         )
-    batch = OmegaConf.select(cfg, "profile.batch_size") or cfg.dataset.batch_size
+    key, batch = batch_size(cfg)
     if batch * specs.final_map_size(spec, size) ** 2 < 2:
         raise UserError(
-            f"dataset.batch_size={batch} with {size} px images leaves batch norm one value per channel at "
-            "the last stage; use a batch of 2 or more"
+            f"{key}={batch} with {size} px images leaves batch norm one value per channel at the last "
+            "stage; use a batch of 2 or more"
         )
+
+
+def batch_size(cfg: DictConfig) -> tuple[str, int]:
+    """The batch a command's steps take and the key that set it: profile.batch_size for `profile` (where
+    set), else dataset.batch_size."""
+    if profile_batch := OmegaConf.select(cfg, "profile.batch_size"):
+        return "profile.batch_size", profile_batch
+    return "dataset.batch_size", cfg.dataset.batch_size
 
 
 def _check_secrets(config: Any, path: str = "") -> None:

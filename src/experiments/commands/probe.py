@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from experiments.build import build_datamodule, build_model, new_record
-from experiments.commands.profile import random_like
+from experiments.data import Synthetic
 from experiments.device import build_optimizer, resolve_device
 from experiments.errors import RunFailed, UserError, describe
 from experiments.finished import load_weights
@@ -65,7 +65,7 @@ def first_batch(cfg: DictConfig, datamodule: Any) -> tuple[torch.Tensor, torch.T
                 return (*next(iter(datamodule.batches("train", torch.device("cpu")))), "real")
         except UserError:  # not here: torchvision's files are missing
             pass
-        data = random_like(datamodule, datamodule.batch_size, cfg.seed)
+        data = Synthetic.like(datamodule, datamodule.batch_size, cfg.seed)
         data.setup("fit")
         return (*next(iter(data.batches("train", torch.device("cpu")))), "random")
     return (*next(iter(datamodule.train_dataloader())), "real")

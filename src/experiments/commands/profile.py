@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
+from experiments import settings
 from experiments.build import build_datamodule, build_model, build_module, build_trainer, new_record
 from experiments.data import Synthetic
 from experiments.device import resolve_device, use_cuda_graph
@@ -34,14 +34,14 @@ def profile(
     run_dir.mkdir(parents=True, exist_ok=True)  # called directly (benchmarks), not through app
     device = resolve_device(cfg)
     dataset = build_datamodule(cfg)  # for its shape only: nothing is loaded or downloaded
-    dataset.batch_size = cfg.profile.batch_size or dataset.batch_size
+    dataset.batch_size = settings.batch_size(cfg)[1]
     model = build_model(cfg, dataset)
     record = new_record("profile", cfg, model, dataset, device, sweep, packed_with)
     warmup = cfg.profile.warmup_steps
     if use_cuda_graph(cfg, device):
         warmup = max(warmup, WARMUP_STEPS + 1)
     steps = warmup + cfg.profile.steps
-    data = random_like(dataset, steps * dataset.batch_size, cfg.seed)
+    data = Synthetic.like(dataset, steps * dataset.batch_size, cfg.seed)
     cost = TrainingCost(warmup_steps=warmup)
     trainer = build_trainer(
         cfg,
@@ -68,21 +68,6 @@ def profile(
         raise RunFailed(f"profile failed: {record.error} (record: {run_dir / 'summary.json'})")
     log.info(profile_line(record))
     return record
-
-
-def random_like(dataset: Any, images: int, seed: int) -> Synthetic:
-    """Random images and labels of a data module's shape and batch size, `images` of them to train on."""
-    return Synthetic(
-        "synthetic",
-        image_size=dataset.image_size,
-        channels=dataset.in_channels,
-        num_classes=max(dataset.num_classes, 2),
-        train_size=images,
-        val_size=0,
-        test_size=1,
-        batch_size=dataset.batch_size,
-        seed=seed,
-    )
 
 
 def _gb(n: float | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,6 +118,22 @@ class Synthetic(ArrayDataModule):
             )
         self.image_size, self.in_channels, self.num_classes = image_size, channels, num_classes
         self.train_size, self.test_size = train_size, test_size
+
+    @classmethod
+    def like(cls, datamodule: Any, images: int, seed: int) -> Synthetic:
+        """Random images and labels of `datamodule`'s shape, classes and batch size, `images` of them to
+        train on (profile and probe measure nets on data they need not load or download)."""
+        return cls(
+            "synthetic",
+            image_size=datamodule.image_size,
+            channels=datamodule.in_channels,
+            num_classes=datamodule.num_classes,
+            train_size=images,
+            val_size=0,
+            test_size=1,
+            batch_size=datamodule.batch_size,
+            seed=seed,
+        )
 
     def load(self) -> tuple[Split, Split]:
         generator = torch.Generator().manual_seed(self.seed)
