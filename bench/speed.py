@@ -319,6 +319,8 @@ def main() -> None:
     silence_library_noise()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # the table is this script's output
     cases = GPU_CASES if args.gpu else CPU_CASES
+    if unknown := [name for name in args.cases or () if name not in cases]:
+        parser.error(f"unknown cases {unknown}; known: {list(cases)}")
     cases = {name: overrides for name, overrides in cases.items() if name in (args.cases or cases)}
     device = torch.cuda.get_device_name() if args.gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} on {device}, {' '.join(step_overrides(args))}")

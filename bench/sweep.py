@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from speed import HE_RECIPE_IMAGES  # bench/, this script's directory
 
 from experiments.__main__ import main as experiments
 from experiments.record import read_record
@@ -33,7 +34,6 @@ from experiments.tracking.noise import silence_library_noise
 
 NETS = {"resnet20": 20, "plain56": 56, "resnet110": 110}
 SWEEP_DEPTHS = (20, 32, 44, 56, 110)
-HE_IMAGES = 64_000 * 128  # a run of He et al.'s sweep: 64k iterations at batch 128
 HUANG_IMAGES = 300 * 50_000  # Huang et al.'s DenseNet recipe: 300 epochs of 50k images
 
 
@@ -106,7 +106,7 @@ def sweep_minutes(alone: dict[str, float]) -> float:
             else per_image[low] + (per_image[high] - per_image[low]) * (depth - low) / (high - low)
         )
 
-    return 2 * sum(at(depth) for depth in SWEEP_DEPTHS) * HE_IMAGES / 60
+    return 2 * sum(at(depth) for depth in SWEEP_DEPTHS) * HE_RECIPE_IMAGES / 60
 
 
 def densenet(options: argparse.Namespace, root: Path) -> dict[str, float]:
