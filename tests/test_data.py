@@ -88,8 +88,11 @@ def skip_md5(monkeypatch):
 def test_torchvision_datasets_load_from_their_files(name, tmp_path, skip_md5):
     WRITERS[name](tmp_path)
     data = TorchvisionData(name, str(tmp_path), batch_size=16, val_size=10, crop_padding=4, flip=True)
+    reads, load = [], data.load
+    data.load = lambda: reads.append(1) or load()
     data.prepare_data()  # files present: no download attempted
     data.setup()
+    assert len(reads) == 1  # setup splits what prepare_data read
     assert {k: len(v) for k, v in data.splits.items()} == {"train": TRAIN - 10, "val": 10, "test": TEST}
     images, labels = next(iter(data.batches("train", torch.device("cpu"))))
     assert images.shape == (16, data.in_channels, data.image_size, data.image_size)

@@ -138,6 +138,7 @@ class ArrayDataModule(pl.LightningDataModule):
         self.name, self.batch_size, self.val_size = name, batch_size, val_size
         self.crop_padding, self.flip, self.seed = crop_padding, flip, seed
         self.splits: dict[str, Split] = {}
+        self.loaded: tuple[Split, Split] | None = None  # what prepare_data read, for setup to split
 
     def load(self) -> tuple[Split, Split]:
         """The full training set (train + val) and the test set."""
@@ -146,7 +147,8 @@ class ArrayDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        train_full, test = self.load()
+        train_full, test = self.loaded or self.load()
+        self.loaded = None
         if self.val_size >= len(train_full):
             raise UserError(
                 f"dataset.val_size={self.val_size} leaves no training images ({self.name} has "

@@ -59,7 +59,7 @@ class TorchvisionData(ArrayDataModule):
     def prepare_data(self) -> None:
         """Download what is missing (Lightning calls this on one process per node)."""
         try:
-            self.load()
+            self.loaded = self.load()  # the files are here: setup splits them without reading them again
             return
         except UserError:
             pass
