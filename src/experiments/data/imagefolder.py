@@ -50,10 +50,7 @@ class _Folder(datasets.ImageFolder):
         try:
             return super().__getitem__(index)
         except Exception as error:
-            path = self.samples[index][0]
-            raise UserError(
-                f"dataset.path: cannot read image {path} ({type(error).__name__}: {error})"
-            ) from None
+            raise _unreadable(self.samples[index][0], error) from None
 
 
 def check_images(folder: _Folder) -> None:
@@ -65,9 +62,11 @@ def check_images(folder: _Folder) -> None:
             with Image.open(path) as image:
                 image.verify()
         except Exception as error:
-            raise UserError(
-                f"dataset.path: cannot read image {path} ({type(error).__name__}: {error})"
-            ) from None
+            raise _unreadable(path, error) from None
+
+
+def _unreadable(path: str, error: Exception) -> UserError:
+    return UserError(f"dataset.path: cannot read image {path} ({type(error).__name__}: {error})")
 
 
 class ImageFolderData(pl.LightningDataModule):
