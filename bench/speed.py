@@ -216,6 +216,17 @@ class LightningOnly(GraphedBackward, pl.LightningModule):
         return {"optimizer": self.loop.optimizer, "lr_scheduler": scheduler}
 
 
+class EpochClock(pl.Callback):
+    """Reads the project's clock at each epoch's end, as the project's run does (through its epoch record),
+    so that the gaps between epochs stay out of the timed span."""
+
+    def __init__(self, clock: TrainingCost) -> None:
+        self.clock = clock
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.end_epoch()
+
+
 def lightning_only(cfg: DictConfig) -> dict:
     """The hand-written loop's training under Lightning's Trainer, with every optional feature off and
     the project's clock."""
@@ -227,7 +238,7 @@ def lightning_only(cfg: DictConfig) -> dict:
         devices=1,
         precision=setup.settings.precision,
         max_epochs=cfg.trainer.max_epochs,
-        callbacks=[clock],
+        callbacks=[clock, EpochClock(clock)],
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )

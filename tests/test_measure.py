@@ -152,10 +152,15 @@ def test_training_cost_times_the_steps_after_warmup(tmp_path):
     untimed = (3, 5, 9)  # the first step after warm-up, one between timed steps, the fit's last step
 
     class SlowUntimedSteps(pl.Callback):
-        """Untimed steps take long, as signal steps do: cut from the span or outside it, never timed."""
+        """Untimed steps take long, and so does what follows them, as with signal steps (the recorder's
+        reductions run after the cost's clock stops): cut from the span or outside it, never timed."""
 
         def on_train_batch_start(self, trainer: pl.Trainer, *_: object) -> None:
             if trainer.global_step in untimed:
+                time.sleep(0.3)
+
+        def on_train_batch_end(self, trainer: pl.Trainer, *_: object) -> None:
+            if trainer.global_step - 1 in untimed:  # the step counter has moved on
                 time.sleep(0.3)
 
     cost = TrainingCost(warmup_steps=3, untimed=lambda step: step in untimed)

@@ -8,6 +8,7 @@ are left out, like the warm-up steps.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -117,8 +118,9 @@ class TrainingCost(pl.Callback):
     def end_epoch(self) -> dict[str, float]:
         """Read this epoch's clocks (one device sync) and return its median step time.
 
-        The timed span runs from the epoch's first timed step to its last; untimed steps inside it are cut
-        out, those outside it were never in it."""
+        The timed span runs from the epoch's first timed step to its last. An untimed step inside it is cut
+        out with the work that follows it (the signal recorder's reductions and logging run after this
+        clock stops); those outside it were never in it."""
         steps, self._pending = self._pending, []
         timed = [i for i, step in enumerate(steps) if step.timed]
         if not timed:
@@ -127,10 +129,15 @@ class TrainingCost(pl.Callback):
         if self.clock.cuda:
             span[-1].end.synchronize()  # events complete in order: every earlier one is then readable
         step_ms = [self.clock.ms(step.start, step.end) for step in span if step.timed]
-        untimed_ms = sum(self.clock.ms(step.start, step.end) for step in span if not step.timed)
+        cut_ms = wait_s = 0.0
+        for before, step in itertools.pairwise(span):
+            if before.timed:
+                wait_s += step.wait_s
+            else:
+                cut_ms += self.clock.ms(before.start, step.start)
         self.step_ms += step_ms
-        self.span_ms += self.clock.ms(span[0].start, span[-1].end) - untimed_ms
-        self.data_wait_s += sum(step.wait_s for step in span[1:])
+        self.span_ms += self.clock.ms(span[0].start, span[-1].end) - cut_ms
+        self.data_wait_s += wait_s
         return {"step_time_ms": statistics.median(step_ms)}
 
     def summary(self) -> dict[str, Any]:
