@@ -57,7 +57,9 @@ class TorchvisionData(ArrayDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Download what is missing (Lightning calls this on one process per node)."""
+        """Download what is missing (Lightning calls this on one process per node, before fit and test)."""
+        if self.splits or self.loaded:
+            return
         try:
             self.loaded = self.load()  # the files are here: setup splits them without reading them again
             return
