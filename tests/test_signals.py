@@ -253,8 +253,11 @@ def test_a_failed_probe_leaves_its_record_and_the_report_names_its_command(cli, 
     monkeypatch.setattr("experiments.commands.probe.measure_step", out_of_memory)
     result = cli("probe", "arch=resnet", "arch.depth=8", "dataset=digits", "logger=none")
     assert result.status == 1
-    assert result.error_line().startswith("error: probe failed: RuntimeError: CUDA out of memory")
     (run,) = run_dirs(workdir / "outputs")
+    assert result.error_line() == (
+        "error: probe failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB "
+        f"(record: {run / 'summary.json'})"
+    )
     record = summary(run)
     assert (record["command"], record["status"]) == ("probe", "failed") and not (run / "signals.csv").exists()
     (run / "summary.json").unlink()  # as if killed: only Hydra's files say which command it was

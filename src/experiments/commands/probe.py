@@ -46,7 +46,7 @@ def probe(
     except Exception as error:  # out of memory, most likely: the record says so
         record.update(error=describe(error), wall_time_s=round(time.perf_counter() - started, 2))
         write_record(run_dir / "summary.json", record)
-        raise RunFailed(f"probe failed: {record.error} (record: {run_dir / 'summary.json'})") from error
+        raise RunFailed(f"probe failed: {record.error} (record: {run_dir / 'summary.json'})") from None
     write_rows(run_dir / "signals.csv", rows)
     record.update(status="completed", data=source, wall_time_s=round(time.perf_counter() - started, 2))
     write_record(run_dir / "summary.json", record)
