@@ -25,7 +25,7 @@ class Run:
     record: RunRecord | None = None
     problem: str | None = None  # why summary.json could not be read
     config: dict[str, Any] = field(default_factory=dict)
-    job: str | None = None  # the command that made the run, as Hydra recorded it (train, profile, probe)
+    job: str | None = None  # without a record, the command that made the run as Hydra recorded it
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -42,8 +42,9 @@ class Run:
                     run.config = OmegaConf.to_container(config, resolve=True)
                 except Exception:  # an interpolation that needs what is not here: as written
                     run.config = OmegaConf.to_container(config)
-        with contextlib.suppress(Exception):  # a damaged hydra.yaml only costs the run its command's name
-            run.job = str(OmegaConf.load(path / ".hydra" / "hydra.yaml").hydra.job.name)
+        if run.record is None:  # the record names its command; without it, Hydra's job name does
+            with contextlib.suppress(Exception):  # a damaged hydra.yaml only costs the run that name
+                run.job = str(OmegaConf.load(path / ".hydra" / "hydra.yaml").hydra.job.name)
         with contextlib.suppress(Exception):  # a damaged metrics.csv only costs the run its curves
             run.rows = read_metrics(path / "metrics.csv")
         return run

@@ -97,17 +97,26 @@ def _mean_curve(points: Iterable[tuple[float, float]]) -> Curve:
     return xs, [statistics.mean(by_x[x]) for x in xs]
 
 
-def _grouped(runs: list[Run], kind: str, point: Callable[[Run], Any]) -> dict[str, Curve]:
+def _grouped(
+    runs: list[Run], kind: str, point: Callable[[Run], Any], series: Callable[[Run], str] = _series
+) -> dict[str, Curve]:
     """One curve `<kind>-<series>` per series, of the points `point(run)` gives (None: the run has none)."""
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for run in runs:
         if (xy := point(run)) is not None:
-            points[_series(run)].append(xy)
+            points[series(run)].append(xy)
     return {f"{kind}-{series}": _mean_curve(group) for series, group in sorted(points.items())}
 
 
 def _completed(run: Run, *keys: str) -> bool:
     return run.trained and all(run.get(k) is not None for k in keys)
+
+
+def _training_series(runs: list[Run]) -> Callable[[Run], str]:
+    """Series of trained runs: runs of different lengths on curves of their own, never averaged as seeds."""
+    if len({run.get("epochs") for run in runs}) > 1:
+        return lambda run: f"{_series(run)}-{run.get('epochs')}epochs"
+    return _series
 
 
 def figure_curves(runs: list[Run]) -> dict[str, Curve]:
@@ -116,7 +125,9 @@ def figure_curves(runs: list[Run]) -> dict[str, Curve]:
     curves: dict[str, Curve] = {}
     for key in ("train_error", "test_error"):
         trained = [r for r in runs if _completed(r, key) and r.depth]
-        curves |= _grouped(trained, f"{key}_vs_depth", lambda r, key=key: (r.depth, r.get(key)))
+        curves |= _grouped(
+            trained, f"{key}_vs_depth", lambda r, key=key: (r.depth, r.get(key)), _training_series(trained)
+        )
     for key in ("activation_bytes", "step_time_ms"):
         measured = [r for r in runs if r.get(key) and r.depth]
         curves |= _grouped(measured, f"{key}_vs_depth", lambda r, key=key: (r.depth, r.get(key)))
