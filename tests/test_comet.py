@@ -22,7 +22,7 @@ from experiments.__main__ import main
 from experiments.record import RunRecord
 from experiments.report.collect import Run
 from experiments.tracking import comet, dashboard
-from tests.conftest import TINY
+from tests.conftest import TINY, Cli
 from tests.helpers import (
     FOREIGN_ENV,
     REPO,
@@ -188,6 +188,16 @@ def assert_archive_holds_the_run(archive: Path, run: Path) -> None:
     assert archive_params(archive)["arch.depth"] == 8
 
 
+def run_against(kind: str, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> tuple[Result, str]:
+    """RUN with a key, against a Comet server of `kind`; what it printed (it must succeed) and the URL."""
+    with comet_server(kind) as url:
+        monkeypatch.setenv("COMET_API_KEY", KEY)
+        monkeypatch.setenv("COMET_URL_OVERRIDE", url)
+        result = cli(*RUN)
+    assert result.status == 0, result.err
+    return result, url
+
+
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [
@@ -199,11 +209,7 @@ def assert_archive_holds_the_run(archive: Path, run: Path) -> None:
 def test_a_server_that_cannot_be_used_makes_the_run_offline_with_one_line(
     kind, reason, cli, workdir, monkeypatch, timed
 ):
-    with comet_server(kind) as url:
-        monkeypatch.setenv("COMET_API_KEY", KEY)
-        monkeypatch.setenv("COMET_URL_OVERRIDE", url)
-        result = cli(*RUN)
-    assert result.status == 0, result.err
+    result, url = run_against(kind, cli, monkeypatch)
     (line,) = quiet(result)
     server = url.removesuffix("/clientlib/")
     run, archive = the_run(workdir)
@@ -230,11 +236,7 @@ def test_a_server_that_cannot_be_used_makes_the_run_offline_with_one_line(
 def test_a_server_lost_during_the_run_leaves_an_archive_and_one_line(
     kind, reasons, cli, workdir, monkeypatch, timed
 ):
-    with comet_server(kind) as url:
-        monkeypatch.setenv("COMET_API_KEY", KEY)
-        monkeypatch.setenv("COMET_URL_OVERRIDE", url)
-        result = cli(*RUN)
-    assert result.status == 0, result.err
+    result, url = run_against(kind, cli, monkeypatch)
     (line,) = quiet(result)
     run, archive = the_run(workdir)
     shown = archive.relative_to(workdir)
@@ -256,11 +258,7 @@ def test_a_server_lost_during_the_run_leaves_an_archive_and_one_line(
 
 
 def test_a_working_server_takes_the_run_online(cli, workdir, monkeypatch, timed):
-    with comet_server("comet") as url:
-        monkeypatch.setenv("COMET_API_KEY", KEY)
-        monkeypatch.setenv("COMET_URL_OVERRIDE", url)
-        result = cli(*RUN)
-    assert result.status == 0, result.err
+    result, url = run_against("comet", cli, monkeypatch)
     (line,) = quiet(result)
     run, archive = the_run(workdir)
     key = (run / "comet" / "experiment_key").read_text()

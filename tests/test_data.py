@@ -236,6 +236,21 @@ def test_imagefolder_starts_one_worker_per_cpu_the_process_may_use(tmp_path):
     assert data.num_workers == 1 and os.cpu_count() > 1
 
 
+def train_on_folder(path: str) -> tuple[str, ...]:
+    """A one-epoch ResNet-8 on the image folder at `path`, its images at 8 px, read in the main process."""
+    return (
+        "train",
+        "dataset=imagefolder",
+        f"dataset.path={path}",
+        "dataset.image_size=8",
+        "dataset.num_workers=0",
+        "arch=resnet",
+        "arch.depth=8",
+        "trainer.max_epochs=1",
+        "logger=none",
+    )
+
+
 @pytest.mark.parametrize(
     ("splits", "expected"),
     [
@@ -245,17 +260,7 @@ def test_imagefolder_starts_one_worker_per_cpu_the_process_may_use(tmp_path):
 )
 def test_imagefolder_refuses_what_cannot_train_a_classifier(splits, expected, cli, workdir):
     make_folder(workdir / "pets", splits)
-    result = cli(
-        "train",
-        "dataset=imagefolder",
-        "dataset.path=pets",
-        "dataset.image_size=8",
-        "dataset.num_workers=0",
-        "arch=resnet",
-        "arch.depth=8",
-        "trainer.max_epochs=1",
-        "logger=none",
-    )
+    result = cli(*train_on_folder("pets"))
     assert result.status == 1 and expected in result.error_line()
 
 
@@ -263,32 +268,10 @@ def test_an_unreadable_image_is_one_line_naming_it_and_a_tilde_path_works(cli, w
     make_folder(workdir / "home" / "pets", {"train": ["cat", "dog"], "val": ["cat", "dog"]})
     broken = workdir / "home" / "pets" / "train" / "dog" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG" * 40)
-    result = cli(
-        "train",
-        "dataset=imagefolder",
-        "dataset.path=~/pets",
-        "dataset.image_size=8",
-        "dataset.num_workers=0",
-        "arch=resnet",
-        "arch.depth=8",
-        "trainer.max_epochs=1",
-        "logger=none",
-    )
+    command = train_on_folder("~/pets")
+    result = cli(*command)
     assert result.status == 1
     line = result.error_line()
     assert f"cannot read image {broken}" in line and len(line) < 300
     broken.unlink()
-    assert (
-        cli(
-            "train",
-            "dataset=imagefolder",
-            "dataset.path=~/pets",
-            "dataset.image_size=8",
-            "dataset.num_workers=0",
-            "arch=resnet",
-            "arch.depth=8",
-            "trainer.max_epochs=1",
-            "logger=none",
-        ).status
-        == 0
-    )
+    assert cli(*command).status == 0
