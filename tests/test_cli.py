@@ -218,6 +218,16 @@ def test_a_corrupt_checkpoint_is_one_line(cli, workdir):
     assert f"ckpt_path: {corrupt} is not a PyTorch checkpoint" in result.error_line()
 
 
+def test_a_bug_of_ours_without_a_message_is_named_by_its_type(cli, monkeypatch):
+    def broken(*args):
+        raise NotImplementedError
+
+    monkeypatch.setattr("experiments.app.run_job", broken)
+    result = cli("train", "dataset=digits", "logger=none")
+    assert result.status == 1
+    assert result.error_line() == "error: NotImplementedError (HYDRA_FULL_ERROR=1 shows the traceback)"
+
+
 def test_a_refusal_comes_within_seconds_without_importing_torch(workdir):
     """The whole command line, as a user types it, in a subprocess: one line on stderr, status 1, and the
     settings checked before torch (or Lightning) is imported."""

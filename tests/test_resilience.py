@@ -206,18 +206,13 @@ def test_ddp_on_two_cpu_processes_leaves_one_run(workdir):
 
 
 @pytest.mark.slow
-def test_a_submitit_local_sweep_completes(workdir):
-    result = run_cli(
-        "train",
-        "-m",
-        "hydra/launcher=submitit_local",
-        "arch=resnet",
-        "arch.depth=8",
-        "seed=1,2",
-        *TINY,
-        cwd=workdir,
+def test_a_submitit_local_sweep_completes_however_long_its_runs_take(cli, workdir, monkeypatch):
+    """The launcher asks for the jobs' states at every poll here, as it does every 30 s of a slow sweep."""
+    monkeypatch.setattr("experiments.launchers.STATE_CHECK_S", 0.0)
+    result = cli(
+        "train", "-m", "hydra/launcher=submitit_local", "arch=resnet", "arch.depth=8", "seed=1,2", *TINY
     )
-    assert result.returncode == 0, result.stderr
+    assert result.status == 0, result.err
     runs = run_dirs(workdir / "multirun")
     assert [r.name.rsplit("-", 1)[0] for r in runs] == ["resnet8-digits-s1", "resnet8-digits-s2"]
     for run in runs:

@@ -53,7 +53,7 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, OverrideParseException):
         reason = str(error).splitlines()[0]
         return f"cannot parse override '{error.override}': {reason} (the grammar: {OVERRIDE_GRAMMAR})"
-    text = str(error)
+    text = str(error) or type(error).__name__  # NotImplementedError() and the like say nothing else
     if "in DataLoader worker process" in text:
         # a worker's error comes back with the worker's whole traceback: its last line is the message
         return text.strip().splitlines()[-1].split(": ", 1)[-1]

@@ -110,10 +110,9 @@ class SeeEveryRunThrough:
         into `failures` (and onto stderr), as they end."""
         checked = time.monotonic()
         while pending:
-            if time.monotonic() - checked > STATE_CHECK_S:
-                # one sacct call for all of them (local jobs have no watcher: their processes are here)
-                if (watcher := getattr(next(iter(pending.values())), "watcher", None)) is not None:
-                    watcher.update()
+            if self._EXECUTOR == "slurm" and time.monotonic() - checked > STATE_CHECK_S:
+                # one sacct call for all of them (local jobs are this process's children: polled directly)
+                next(iter(pending.values())).watcher.update()
                 checked = time.monotonic()
             for index, job in list(pending.items()):
                 if not job.done():
