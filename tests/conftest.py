@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from experiments.__main__ import main
-from tests.helpers import FOREIGN_ENV, Result, run_dirs
+from tests.helpers import COMET_KEY, FOREIGN_ENV, Result, refused_url, run_dirs
 
 Cli = Callable[..., Result]
 
@@ -55,14 +57,20 @@ def cli(workdir: Path, capsys: pytest.CaptureFixture) -> Cli:
 
 
 @pytest.fixture(scope="session")
-def session_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path, list[str]], None]]:
-    """Runs a command in-process in a directory of its own, for fixtures shared by a session; it must
-    succeed."""
+def session_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., str]]:
+    """Runs a command in-process in a directory of its own, with `env` set, for fixtures shared by a
+    session; it must succeed. Returns what it printed."""
 
-    def run(root: Path, args: list[str]) -> None:
+    def run(root: Path, args: list[str], **env: str) -> str:
+        printed = io.StringIO()
         with pytest.MonkeyPatch.context() as mp:
             _as_user(mp, root)
-            assert main(args) == 0, args
+            for name, value in env.items():
+                mp.setenv(name, value)
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+                status = main(args)
+        assert status == 0, (args, printed.getvalue())
+        return printed.getvalue()
 
     yield run
 
@@ -71,10 +79,18 @@ TINY = ["dataset=digits", "trainer.max_epochs=1"]
 
 
 @pytest.fixture(scope="session")
-def digits_sweep(tmp_path_factory, session_cli) -> Path:
-    """`train -m arch=plain,resnet arch.depth=8,14 dataset=digits trainer.max_epochs=1`, run once: its root
-    (the sweep is under multirun/)."""
+def keyed_digits_sweep(tmp_path_factory, session_cli) -> tuple[Path, str]:
+    """`train -m arch=plain,resnet arch.depth=8,14 dataset=digits trainer.max_epochs=1`, run once, by a user
+    with a Comet API key whose server does not answer (each run falls back to offline): its root (the sweep
+    is under multirun/) and what it printed."""
     root = tmp_path_factory.mktemp("sweep")
-    session_cli(root, ["train", "-m", "arch=plain,resnet", "arch.depth=8,14", *TINY])
+    args = ["train", "-m", "arch=plain,resnet", "arch.depth=8,14", *TINY]
+    printed = session_cli(root, args, COMET_API_KEY=COMET_KEY, COMET_URL_OVERRIDE=refused_url())
     assert len(run_dirs(root / "multirun")) == 4
-    return root
+    return root, printed
+
+
+@pytest.fixture(scope="session")
+def digits_sweep(keyed_digits_sweep) -> Path:
+    """The root of that sweep."""
+    return keyed_digits_sweep[0]

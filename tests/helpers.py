@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import zipfile
@@ -20,6 +21,16 @@ FOREIGN_ENV = (
     "COMET_PROJECT_NAME",
     "HYDRA_FULL_ERROR",
 )
+
+
+COMET_KEY = "LeakCanaryKey7Qm2Zp9Wd4Rt6Yv8"  # distinctive, so that a grep finds any copy of it
+
+
+def refused_url() -> str:
+    """A Comet URL (COMET_URL_OVERRIDE) on a local port where nothing listens."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{free.getsockname()[1]}/clientlib/"
 
 
 def clean_env(root: Path, **extra: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import io
 import json
 import logging
 import re
-import socket
+import shutil
 import threading
 import time
 import zipfile
@@ -24,6 +24,7 @@ from experiments.report.collect import Run
 from experiments.tracking import comet, dashboard
 from tests.conftest import TINY, Cli
 from tests.helpers import (
+    COMET_KEY,
     FOREIGN_ENV,
     REPO,
     Result,
@@ -31,14 +32,13 @@ from tests.helpers import (
     archive_metrics,
     archive_params,
     clean_env,
+    refused_url,
     run_cli,
     run_dirs,
     summary,
 )
 
-KEY = "LeakCanaryKey7Qm2Zp9Wd4Rt6Yv8"  # distinctive, so that a grep finds any copy of it
 RUN = ("train", "arch=resnet", "arch.depth=8", *TINY)
-SWEEP = ("train", "-m", "arch=plain,resnet", "arch.depth=8,14", *TINY)
 
 
 class CometServer:
@@ -123,10 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
 def comet_server(kind: str) -> Iterator[str]:
     """The URL comet_ml is to use (COMET_URL_OVERRIDE) for a server of `kind`, or `nothing` listening."""
     if kind == "nothing":
-        with socket.socket() as free:
-            free.bind(("127.0.0.1", 0))
-            port = free.getsockname()[1]
-        yield f"http://127.0.0.1:{port}/clientlib/"
+        yield refused_url()
         return
     server = CometServer(kind)
     try:
@@ -191,7 +188,7 @@ def assert_archive_holds_the_run(archive: Path, run: Path) -> None:
 def run_against(kind: str, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> tuple[Result, str]:
     """RUN with a key, against a Comet server of `kind`; what it printed (it must succeed) and the URL."""
     with comet_server(kind) as url:
-        monkeypatch.setenv("COMET_API_KEY", KEY)
+        monkeypatch.setenv("COMET_API_KEY", COMET_KEY)
         monkeypatch.setenv("COMET_URL_OVERRIDE", url)
         result = cli(*RUN)
     assert result.status == 0, result.err
@@ -220,7 +217,7 @@ def test_a_server_that_cannot_be_used_makes_the_run_offline_with_one_line(
     assert summary(run)["comet"] == {"mode": "offline", "archive": str(archive), "fallback": reason}
     assert_archive_holds_the_run(archive, run)
     assert "Traceback" in (run / "comet" / "comet.log").read_text()  # comet_ml's own account, in its file
-    assert holding(workdir, KEY) == []
+    assert holding(workdir, COMET_KEY) == []
     print(f"{kind}: start {timed['start'][0]:.1f} s, end {timed['finish'][0]:.1f} s")
     assert timed["start"][0] < 4 and timed["finish"][0] < 3
 
@@ -265,7 +262,7 @@ def test_a_working_server_takes_the_run_online(cli, workdir, monkeypatch, timed)
     url = url.replace("/clientlib/", f"/workspace/resnet-vs-densenet/{key}")
     assert summary(run)["comet"] == {"mode": "online", "url": url} and line == f"Comet: {url}"
     assert archive is None and "ERROR" not in (run / "comet" / "comet.log").read_text()
-    assert holding(workdir, KEY) == []
+    assert holding(workdir, COMET_KEY) == []
     print(f"online: start {timed['start'][0]:.1f} s, end {timed['finish'][0]:.1f} s")
     assert timed["start"][0] < 3 and timed["finish"][0] < 4
 
@@ -311,27 +308,26 @@ def holding(root: Path, secret: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def keyed_sweep(tmp_path_factory) -> tuple[Path, str]:
-    """The sweep of SWEEP and its report, run in-process with an API key set and no server answering (so
-    every experiment falls back to offline), lesion.csv and signals.csv written into plain14's run: (the
-    root, what the two commands printed)."""
+def keyed_sweep(keyed_digits_sweep, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the session's digits sweep (trained with an API key set and no server answering, so every
+    run fell back to offline), lesion.csv and signals.csv written into plain14's run, and its report, made
+    in-process with the key still set: (the root, what the sweep and the report printed)."""
+    trained, printed = keyed_digits_sweep
     root = tmp_path_factory.mktemp("keyed")
-    (root / "home").mkdir()
-    printed = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, comet_server("nothing") as url:
+    shutil.copytree(trained, root, dirs_exist_ok=True)  # all of it, the user's home too
+    (plain14,) = [run for run in run_dirs(root / "multirun") if run.name.startswith("plain14-")]
+    write_lesion_and_signals(plain14)
+    reported = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("HOME", str(root / "home"))
-        mp.setenv("EXPERIMENTS_DATA_DIR", str(root / "data"))
         for name in FOREIGN_ENV:
             mp.delenv(name, raising=False)
-        mp.setenv("COMET_API_KEY", KEY)
-        mp.setenv("COMET_URL_OVERRIDE", url)
-        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-            assert main(list(SWEEP)) == 0, printed.getvalue()
-            (plain14,) = [run for run in run_dirs(root / "multirun") if run.name.startswith("plain14-")]
-            write_lesion_and_signals(plain14)
-            assert main(["report", "multirun", "--out", "report"]) == 0, printed.getvalue()
-    return root, printed.getvalue()
+        mp.setenv("COMET_API_KEY", COMET_KEY)
+        mp.setenv("COMET_URL_OVERRIDE", refused_url())
+        with contextlib.redirect_stdout(reported), contextlib.redirect_stderr(reported):
+            assert main(["report", "multirun", "--out", "report"]) == 0, reported.getvalue()
+    return root, printed + reported.getvalue()
 
 
 LESION = """kind,k,blocks,test_error,note
@@ -384,12 +380,12 @@ def test_the_api_key_is_written_nowhere(keyed_sweep, cli, workdir, monkeypatch):
     root, printed = keyed_sweep
     assert (root / "multirun").is_dir() and list(root.rglob("multirun.yaml")) and list(root.rglob("*.zip"))
     assert list(root.rglob("comet.log")) and list(root.rglob(".hydra"))
-    assert holding(root, KEY) == [] and KEY not in printed
-    monkeypatch.setenv("COMET_API_KEY", KEY)
+    assert holding(root, COMET_KEY) == [] and COMET_KEY not in printed
+    monkeypatch.setenv("COMET_API_KEY", COMET_KEY)
     result = cli(*RUN, "logger=csv")
     assert result.status == 0, result.err
     assert list(workdir.rglob("csv/metrics.csv")) and list(workdir.rglob("csv/hparams.yaml"))
-    assert holding(workdir, KEY) == [] and KEY not in result.out + result.err
+    assert holding(workdir, COMET_KEY) == [] and COMET_KEY not in result.out + result.err
 
 
 def test_each_run_and_the_report_say_one_line_about_comet(keyed_sweep):
@@ -483,13 +479,13 @@ def test_the_report_logs_the_data_behind_its_figures(keyed_sweep):
 def test_a_submitit_sweep_writes_the_key_nowhere(tmp_path):
     (tmp_path / "home").mkdir()
     with comet_server("nothing") as url:
-        env = clean_env(tmp_path, COMET_API_KEY=KEY, COMET_URL_OVERRIDE=url)
+        env = clean_env(tmp_path, COMET_API_KEY=COMET_KEY, COMET_URL_OVERRIDE=url)
         sweep = ("train", "-m", "hydra/launcher=submitit_local", "arch=resnet", "arch.depth=8", *TINY)
         result = run_cli(*sweep, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     (job_log,) = tmp_path.rglob(".submitit/*/*_log.out")  # the run's own output
     assert list(job_log.parent.glob("*.pkl")) and list(tmp_path.rglob("*.zip"))
-    assert holding(tmp_path, KEY) == [] and KEY not in result.stdout + result.stderr
+    assert holding(tmp_path, COMET_KEY) == [] and COMET_KEY not in result.stdout + result.stderr
     (line,) = comet_lines(job_log.read_text() + next(job_log.parent.glob("*_log.err")).read_text())
     assert "connection refused; logging offline instead" in line
     assert comet_lines(result.stdout + result.stderr) == []

@@ -14,7 +14,8 @@ from torch.utils.checkpoint import checkpoint
 def conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv2d:
     """A bias-free conv with He et al.'s initialisation (normal, fan-out), as the papers' Torch code."""
     layer = nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=False)
-    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+    if not layer.weight.is_meta:  # a net on the meta device (measured, not run) has no values to draw
+        nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
     return layer
 
 
