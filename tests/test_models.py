@@ -1,6 +1,7 @@
 """The model zoo: parameter counts against the papers and torchvision, torchvision's names and weights,
 old checkpoints, the recomputing (memory-efficient) forms, the block list, errors."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from torch import nn
 from experiments import specs
 from experiments.measure.counts import activation_bytes
 from experiments.models import create_model, list_models
+from experiments.models.densenet import DenseNet
 from experiments.models.legacy import migrate
 from tests.helpers import FIXTURES
 
@@ -149,6 +151,14 @@ def test_plain_and_option_a_resnet_differ_only_in_shortcuts(depth: int) -> None:
     assert {b.kind for b in plain.blocks()[1:-1]} == {"plain"}
     downsampling = [b.name for b in plain.blocks() if b.downsamples]
     assert downsampling == ["layer2.0", "layer3.0"]
+
+
+def test_dense_blocks_are_numbered_past_nine() -> None:
+    spec = dataclasses.replace(specs.resolve("densenet_bc", depth=40), blocks=(1,) * 12)
+    with torch.device("meta"):
+        net = DenseNet(spec)
+    stages = [b.stage for b in net.blocks() if b.kind in ("dense_layer", "transition")]
+    assert stages == [s for s in range(1, 13) for _ in (("layer", "transition") if s < 12 else ("layer",))]
 
 
 def test_option_b_adds_exactly_the_projections() -> None:

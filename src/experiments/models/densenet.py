@@ -118,13 +118,14 @@ class DenseNet(nn.Module):
         stem = children[: -2 * len(self.spec.blocks)]
         found = [Block(f"features.{stem[-1]}", "stem", 0, tuple(f"features.{name}" for name in stem))]
         for name, module in self.features.named_children():
-            stage = int(name[-1]) if name[:-1] in ("denseblock", "transition") else 0
             if name.startswith("denseblock"):
+                stage = int(name.removeprefix("denseblock"))
                 found += [
                     Block(f"features.{name}.{layer}", "dense_layer", stage, (f"features.{name}.{layer}",))
                     for layer in module
                 ]
             elif name.startswith("transition"):
+                stage = int(name.removeprefix("transition"))
                 found.append(
                     Block(f"features.{name}", "transition", stage, (f"features.{name}",), downsamples=True)
                 )
