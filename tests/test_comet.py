@@ -4,7 +4,6 @@ names a dashboard needs, read back from real offline archives of a sweep and its
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import re
@@ -18,14 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from experiments.__main__ import main
 from experiments.record import RunRecord
 from experiments.report.collect import Run
 from experiments.tracking import comet, dashboard
 from tests.conftest import TINY, Cli
 from tests.helpers import (
     COMET_KEY,
-    FOREIGN_ENV,
     REPO,
     Result,
     archive_messages,
@@ -308,7 +305,7 @@ def holding(root: Path, secret: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def keyed_sweep(keyed_digits_sweep, tmp_path_factory) -> tuple[Path, str]:
+def keyed_sweep(keyed_digits_sweep, tmp_path_factory, session_cli) -> tuple[Path, str]:
     """A copy of the session's digits sweep (trained with an API key set and no server answering, so every
     run fell back to offline), lesion.csv and signals.csv written into plain14's run, and its report, made
     in-process with the key still set: (the root, what the sweep and the report printed)."""
@@ -317,17 +314,8 @@ def keyed_sweep(keyed_digits_sweep, tmp_path_factory) -> tuple[Path, str]:
     shutil.copytree(trained, root, dirs_exist_ok=True)  # all of it, the user's home too
     (plain14,) = [run for run in run_dirs(root / "multirun") if run.name.startswith("plain14-")]
     write_lesion_and_signals(plain14)
-    reported = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("HOME", str(root / "home"))
-        for name in FOREIGN_ENV:
-            mp.delenv(name, raising=False)
-        mp.setenv("COMET_API_KEY", COMET_KEY)
-        mp.setenv("COMET_URL_OVERRIDE", refused_url())
-        with contextlib.redirect_stdout(reported), contextlib.redirect_stderr(reported):
-            assert main(["report", "multirun", "--out", "report"]) == 0, reported.getvalue()
-    return root, printed + reported.getvalue()
+    keyed = {"COMET_API_KEY": COMET_KEY, "COMET_URL_OVERRIDE": refused_url()}
+    return root, printed + session_cli(root, ["report", "multirun", "--out", "report"], **keyed)
 
 
 LESION = """kind,k,blocks,test_error,note
