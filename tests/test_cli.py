@@ -12,10 +12,10 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments import settings, specs
+from experiments import rundir, settings, specs
 from experiments.__main__ import COMMANDS
 from experiments.build import build_datamodule, build_model
-from experiments.config import CONF_DIR, register_presets
+from experiments.config import CONF_DIR, compose, register_presets
 from experiments.sweep import SweepWatch
 from tests.helpers import clean_env, run_cli
 
@@ -68,6 +68,26 @@ def test_every_preset_is_an_arch_option_that_builds_its_net():
         spelt_out = hydra_compose("train", ["arch=densenet", "arch.form=imagenet", "arch.depth=121"])
     with torch.device("meta"):
         assert build_model(spelt_out, build_datamodule(spelt_out)).spec == specs.resolve("densenet121")
+
+
+def test_a_run_directory_is_named_as_comet_and_the_report_name_the_run():
+    """The directory's name starts with the net's label, also for a family spelt out as another net (a
+    resnet without shortcuts is a plain net); a config that cannot run is named as written."""
+    named = {
+        ("arch=resnet", "arch.shortcut=none"): "plain56",
+        ("arch=densenet", "arch.compression=0.5"): "densenet_c40",
+        ("arch=densenet_bc", "arch.compression=1"): "densenet_b100",
+        ("arch=densenet_bc100",): "densenet_bc100",
+        ("arch=resnet20",): "resnet20",
+        ("arch=resnet", "arch.depth=57"): "resnet57",
+    }
+    for overrides, label in named.items():
+        cfg = compose("train", [*overrides, "dataset=digits"])
+        assert rundir.run_name(_root_=cfg) == f"{label}-digits-s0-{rundir.config_hash(cfg)}", overrides
+        if "57" not in label:
+            with torch.device("meta"):
+                spec = build_model(cfg, build_datamodule(cfg)).spec
+            assert f"{spec.label}{spec.depth}" == label
 
 
 def test_every_dataset_composes_with_each_family():

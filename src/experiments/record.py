@@ -13,6 +13,11 @@ from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 
+def run_label(arch: str, depth: object, dataset: str, seed: object) -> str:
+    """`resnet56-cifar10-s0`: what runs, by the net's label (`RunRecord.arch`), depth, dataset and seed."""
+    return f"{arch}{depth}-{dataset}-s{seed}"
+
+
 @dataclass
 class RunRecord:
     """summary.json: what ran, what it costs, how it ended. Keys a command does not measure stay null."""
@@ -68,8 +73,8 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        """`resnet56-cifar10-s0`: the run's name in Comet and in its log lines."""
-        return f"{self.arch}{self.depth}-{self.dataset}-s{self.seed}"
+        """`resnet56-cifar10-s0`: the run's name in Comet, in its log lines and in its directory's."""
+        return run_label(self.arch, self.depth, self.dataset, self.seed)
 
     def update(self, **values: Any) -> None:
         """Set fields by name (a name that is not a field is a bug: KeyError)."""

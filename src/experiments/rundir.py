@@ -24,7 +24,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import settings
 from experiments.errors import UserError
+from experiments.record import run_label
 from experiments.specs import DENSENET_DEFAULTS
 
 log = logging.getLogger(__name__)
@@ -76,12 +78,18 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def run_name(*, _root_: DictConfig) -> str:
-    """The `run_name` resolver of conf/hydra/default.yaml: `resnet56-cifar10-s0-1a2b3c`."""
+    """The `run_name` resolver of conf/hydra/default.yaml: `resnet56-cifar10-s0-1a2b3c`, the run's label
+    (as Comet and the report name it: `arch=resnet arch.shortcut=none` is plain56) and its config's hash."""
     arch, depth, dataset, seed = (
         OmegaConf.select(_root_, key, default="")
         for key in ("arch.name", "arch.depth", "dataset.name", "seed")
     )
-    return f"{arch}{depth}-{dataset}-s{seed}-{config_hash(_root_)}"
+    try:
+        spec = settings.check_arch(_root_)
+        arch, depth = spec.label, spec.depth
+    except Exception:  # a config that cannot run is named as written; the job then refuses it in one line
+        pass
+    return f"{run_label(arch, depth, dataset, seed)}-{config_hash(_root_)}"
 
 
 def unique_dir(pattern: str) -> str:
