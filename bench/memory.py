@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from experiments.build import build_datamodule
 from experiments.commands.profile import profile
 from experiments.commands.train import train
 from experiments.config import compose
@@ -105,6 +106,9 @@ VARIANTS = {  # what a run measures: everything, all but the per-block signals, 
 }
 
 
+OVERHEAD_RUN = ["arch=resnet56", "dataset=digits", "trainer.max_epochs=6", "+trainer.limit_val_batches=0"]
+
+
 def measurement_overhead(repeats: int, out: Path) -> None:
     """Mean training-epoch time (signal steps included) of the same run measuring everything, everything but
     the signals, and nothing, alternated to cancel the machine's drift."""
@@ -112,23 +116,21 @@ def measurement_overhead(repeats: int, out: Path) -> None:
     for repeat in range(repeats):
         for variant, settings in VARIANTS.items():
             run_dir = out / f"overhead-{variant.replace(' ', '-')}-{repeat}"
-            cfg = config(
-                "train",
-                "arch=resnet56",
-                "dataset=digits",
-                "trainer.max_epochs=6",
-                "+trainer.limit_val_batches=0",
-                *settings,
-                logger="csv",  # Lightning's CSVLogger keeps the epoch timings (metrics.csv does not)
-            )
-            train(cfg, run_dir)
+            # Lightning's CSVLogger keeps the epoch timings (metrics.csv does not)
+            train(config("train", *OVERHEAD_RUN, *settings, logger="csv"), run_dir)
             with (run_dir / "csv" / "metrics.csv").open() as f:
                 times = [float(row["epoch_time_s"]) for row in csv.DictReader(f) if row.get("epoch_time_s")]
             epochs[variant] += times[1:]
     mean = {variant: statistics.mean(times) for variant, times in epochs.items()}
+    cfg = config("train", *OVERHEAD_RUN)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    steps = len(datamodule.batches("train", torch.device("cpu")))
+    total = steps * cfg.trainer.max_epochs
     print(
-        "Measuring's cost, resnet56 on digits, batch 64, 22 steps an epoch, 6 epochs "
-        f"({len(signal_steps(132, 'auto'))} of the 132 steps signal steps): mean training epoch "
+        f"Measuring's cost, {cfg.arch.name}{cfg.arch.depth} on {cfg.dataset.name}, batch "
+        f"{datamodule.batch_size}, {steps} steps an epoch, {cfg.trainer.max_epochs} epochs "
+        f"({len(signal_steps(total, 'auto'))} of the {total} steps signal steps): mean training epoch "
         f"{mean['all']:.3f} s measuring everything, "
         f"{mean['no signals']:.3f} s without the signals, {mean['nothing']:.3f} s measuring nothing; "
         f"signals {mean['all'] / mean['no signals'] - 1:+.1%} (target <= +5%), "
