@@ -11,8 +11,10 @@ import torch
 import torchvision
 from PIL import Image
 
+from experiments import specs
 from experiments.config import compose
 from experiments.models import create_model
+from experiments.papers import HUANG_2017, paper_test_error
 from tests.conftest import TINY
 from tests.helpers import run_dirs, summary
 from tests.test_data import skip_md5, write_cifar  # noqa: F401  (a fixture, used by name)
@@ -88,6 +90,16 @@ def test_a_paper_number_reaches_the_record_and_the_report_for_every_matching_run
     rows = {r["arch"] + r["depth"]: r for r in read(workdir / "report" / "runs.csv")}
     assert rows["resnet20"]["paper_test_error"] == "0.0875" and rows["plain20"]["paper_test_error"] == ""
     assert "| resnet-20 on cifar10 | 1 |" in (workdir / "report" / "report.md").read_text()
+
+
+def test_a_net_gets_the_paper_number_of_what_it_is_not_of_how_it_was_spelt():
+    """DenseNet-BC-100 spelt out from the densenet family is Huang et al.'s DenseNet-BC-100; a DenseNet with
+    compression alone (DenseNet-C) or bottlenecks alone (-B) is a net the paper gives no figure for."""
+    spelt_out = specs.resolve("densenet", depth=100, bottleneck=True, compression=0.5)
+    assert paper_test_error(spelt_out, "cifar10", True) == 0.0451 == HUANG_2017["densenet_bc100-k12"][1]
+    assert paper_test_error(specs.resolve("densenet40", compression=0.5), "cifar10", True) is None
+    assert paper_test_error(specs.resolve("densenet_bc100", compression=1.0), "cifar10", True) is None
+    assert paper_test_error(specs.resolve("densenet40"), "cifar10", True) == 0.0524
 
 
 def test_seeds_are_taken_together_and_differences_tested(cli, workdir):

@@ -39,7 +39,7 @@ HUANG_2017 = {
     "densenet_bc250-k24": (0.0519, 0.0362, 0.1964, 0.1760, 0.0174),
     "densenet_bc190-k40": (None, 0.0346, None, 0.1718, None),
 }
-# (net, dataset, augmented) -> test error; net is family + depth, and -k<growth rate> for a DenseNet
+# (net, dataset, augmented) -> test error; net is the label + depth, and -k<growth rate> for a DenseNet
 PAPER_TEST_ERRORS: dict[tuple[str, str, bool], float] = {
     **{(net, "cifar10", True): error for net, error in HE_2016.items()},
     **{
@@ -52,7 +52,10 @@ PAPER_TEST_ERRORS: dict[tuple[str, str, bool], float] = {
 
 
 def net_name(spec: specs.Spec) -> str:
-    name = f"{spec.family}{spec.depth}"
+    """The papers' name of the net (`densenet_bc100-k12`): its label, so that a family spelt out as another
+    net (`arch=densenet arch.bottleneck=true arch.compression=0.5`) is that net, and one the papers did not
+    train (a DenseNet-B or -C) has no figure."""
+    name = f"{spec.label}{spec.depth}"
     return f"{name}-k{spec.growth_rate}" if isinstance(spec, specs.DenseNetSpec) else name
 
 
