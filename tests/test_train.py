@@ -12,7 +12,7 @@ import torch
 
 from experiments.build import build_module
 from experiments.config import compose
-from experiments.device import Device
+from experiments.device import Device, resolve_device
 from experiments.models import create_model
 from experiments.module import lr_factor
 from experiments.record import RunRecord
@@ -204,6 +204,19 @@ def test_learning_rate_schedules():
     assert lr_factor(10, total_steps=100, name="constant") == 1
 
 
+def test_lightnings_short_precisions_are_recorded_and_counted_by_their_long_names(cli, workdir):
+    """precision=bf16 is bf16-mixed (as Lightning reads it): the record says so, and the activations held
+    at that precision are counted under its autocast, about half the float32 bytes."""
+    for short, long in {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}.items():
+        assert resolve_device(compose("train", [f"precision={short}"])).precision == long
+    result = cli("profile", "arch=resnet", "arch.depth=8", "dataset=digits", "precision=bf16", "logger=none")
+    assert result.status == 0, result.err
+    (run,) = run_dirs(workdir / "outputs")
+    record = summary(run)
+    assert record["precision"] == "bf16-mixed"
+    assert 0.4 < record["activation_bytes_at_precision"] / record["activation_bytes"] < 0.6
+
+
 @pytest.mark.parametrize("optim", ["sgd", "adamw"])
 def test_optimisers_are_fused_on_a_gpu_unless_the_config_or_a_grad_scaler_says(optim):
     def built(cuda: bool, *overrides: str, precision: str = "bf16-mixed") -> dict:
@@ -216,5 +229,6 @@ def test_optimisers_are_fused_on_a_gpu_unless_the_config_or_a_grad_scaler_says(o
     multi_tensor = built(True, "+optim.foreach=true")  # the user's pick; fused and foreach would conflict
     assert multi_tensor["foreach"] and not multi_tensor["fused"]
     assert not built(True, precision="16-mixed")["fused"]  # Lightning unscales only unfused optimisers
+    assert built(True, precision="16-true")["fused"]  # no GradScaler: nothing to unscale
     if optim == "sgd":  # an optimiser without a fused update builds as configured
         assert "fused" not in built(True, "optim._target_=torch.optim.RMSprop", "~optim.nesterov")

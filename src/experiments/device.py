@@ -36,11 +36,16 @@ class Device:
         return torch.cuda.get_device_name() if self.cuda else "cpu"
 
 
+# Lightning's short names, as Lightning itself reads them: the record and the checks see only the long ones
+LIGHTNING_SHORT_PRECISIONS = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
 def resolve_device(cfg: DictConfig) -> Device:
     check_accelerator(cfg)
     accelerator = cfg.trainer.get("accelerator", "auto")
     cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     precision = str(cfg.precision)
+    precision = LIGHTNING_SHORT_PRECISIONS.get(precision, precision)
     if precision == "auto":
         precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
     channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
@@ -70,14 +75,14 @@ def build_optimizer(cfg: DictConfig, device: Device) -> Callable[..., torch.opti
     """cfg.optim as a function of the parameters, with a fused update (one kernel for all parameters) on a
     GPU: there a small net's step with CUDA graphs waits on the CPU, and the multi-tensor update was the
     largest CPU cost a setting can remove (docs/performance.md). Not fused where cfg.optim picks the
-    implementation (`fused`, `foreach`), or under a GradScaler (precision 16): Lightning does not unscale
-    a fused optimiser's gradients before gradient clipping."""
+    implementation (`fused`, `foreach`), or under a GradScaler (precision 16-mixed): Lightning does not
+    unscale a fused optimiser's gradients before gradient clipping."""
     try:
         optimizer = instantiate(cfg.optim)
     except InstantiationException as error:
         raise UserError(f"optim: {error.__cause__ or error}") from None
     chosen = {"fused", "foreach"} & set(cfg.optim)
-    scaled = device.precision.startswith("16")
+    scaled = device.precision == "16-mixed"
     if device.cuda and not chosen and not scaled and "fused" in inspect.signature(optimizer).parameters:
         return partial(optimizer, fused=True)
     return optimizer
@@ -107,7 +112,7 @@ def _cuda_graph_obstacle(cfg: DictConfig, device: Device) -> str | None:
             f"records the whole step as a graph; compile={cfg.compile} records graphs of its own: use "
             "compile=true or compile=false with it"
         )
-    if device.precision in ("16", "16-mixed"):
+    if device.precision == "16-mixed":
         return (
             f"works with precision bf16-mixed or 32-true, not {device.precision}: a GradScaler scales the "
             "loss before a backward pass that the graph has already run"

@@ -57,9 +57,7 @@ def saved_bytes(compute: Callable[[], object], exclude: Iterable[torch.Tensor] =
 # Lightning precision -> (autocast dtype or None, dtype of the weights and inputs)
 PRECISION_DTYPES = {
     "32-true": (None, torch.float32),
-    "32": (None, torch.float32),
     "64-true": (None, torch.float64),
-    "64": (None, torch.float64),
     "bf16-mixed": (torch.bfloat16, torch.float32),
     "16-mixed": (torch.float16, torch.float32),
     "bf16-true": (None, torch.bfloat16),
