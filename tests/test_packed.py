@@ -54,6 +54,14 @@ def test_packed_runs_are_the_runs_they_would_be_alone(cli, workdir):
         )
 
 
+def test_packed_profiles_do_not_take_the_shared_process_memory_for_their_own(cli, workdir):
+    result = cli("profile", "-m", "hydra/launcher=packed", *SWEEP, "logger=none", "hydra.sweep.dir=packed")
+    assert result.status == 0, result.err
+    for run in run_dirs(workdir / "packed"):
+        assert summary(run)["peak_memory_bytes"] is None and summary(run)["step_time_ms"] > 0
+        assert summary(run)["packed_with"] and summary(run)["status"] == "completed"
+
+
 def test_runs_at_once_must_be_positive(cli, workdir):
     result = cli("train", "-m", "hydra/launcher=packed", "hydra.launcher.runs_at_once=0", *TINY)
     assert result.status != 0

@@ -42,7 +42,7 @@ def profile(
         warmup = max(warmup, WARMUP_STEPS + 1)
     steps = warmup + cfg.profile.steps
     data = Synthetic.like(dataset, steps * dataset.batch_size, cfg.seed)
-    cost = TrainingCost(warmup_steps=warmup)
+    cost = TrainingCost(warmup_steps=warmup, measure_memory=not packed_with)
     trainer = build_trainer(
         cfg,
         devices=1,
