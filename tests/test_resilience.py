@@ -132,6 +132,19 @@ def test_a_run_saved_before_the_upgrade_resumes_in_its_directory(cli, workdir):
     assert summary(old)["status"] == "completed" and summary(old)["epochs"] == 3
 
 
+def test_a_run_named_as_its_config_spelt_it_is_still_found(cli, workdir):
+    """Earlier versions named a run by its arch config (`arch=resnet arch.shortcut=none` trained in
+    resnet8-...); the same command finds that directory and its completed run, and makes no plain8-..."""
+    command = ["train", "arch=resnet", "arch.depth=8", "arch.shortcut=none", *TINY, "logger=none"]
+    assert cli(*command).status == 0
+    (run,) = run_dirs(workdir)
+    assert run.name.startswith("plain8-digits-s0-")
+    old = run.rename(run.with_name(run.name.replace("plain8", "resnet8")))
+    again = cli(*command)
+    assert again.status == 0 and f"{old.relative_to(workdir)} already holds this run" in again.out
+    assert run_dirs(workdir) == [old]
+
+
 def test_divergence_stops_its_run_and_the_sweep_goes_on(cli, workdir):
     result = cli("train", "-m", "arch=resnet", "arch.depth=8", "optim.lr=1e4,0.1", *TINY, "logger=none")
     assert result.status == 1

@@ -77,19 +77,24 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(hashed(cfg), sort_keys=True, default=str).encode()).hexdigest()[:6]
 
 
-def run_name(*, _root_: DictConfig) -> str:
-    """The `run_name` resolver of conf/hydra/default.yaml: `resnet56-cifar10-s0-1a2b3c`, the run's label
-    (as Comet and the report name it: `arch=resnet arch.shortcut=none` is plain56) and its config's hash."""
+def run_name(parent: str = "", *, _root_: DictConfig) -> str:
+    """The `run_name` resolver of conf/hydra/default.yaml: `[parent/]resnet56-cifar10-s0-1a2b3c`, the run's
+    label (as Comet and the report name it: `arch=resnet arch.shortcut=none` is plain56) and its config's
+    hash. Where `parent` holds the run under the name its arch config spells (`resnet56-...`, as earlier
+    versions named every run) and not under its label, that directory is the run's."""
     arch, depth, dataset, seed = (
         OmegaConf.select(_root_, key, default="")
         for key in ("arch.name", "arch.depth", "dataset.name", "seed")
     )
+    as_written = name = f"{run_label(arch, depth, dataset, seed)}-{config_hash(_root_)}"
     try:
         spec = settings.check_arch(_root_)
-        arch, depth = spec.label, spec.depth
+        name = f"{run_label(spec.label, spec.depth, dataset, seed)}-{config_hash(_root_)}"
     except Exception:  # a config that cannot run is named as written; the job then refuses it in one line
         pass
-    return f"{run_label(arch, depth, dataset, seed)}-{config_hash(_root_)}"
+    if parent and (Path(parent) / as_written).is_dir() and not (Path(parent) / name).exists():
+        name = as_written
+    return str(Path(parent) / name) if parent else name
 
 
 def unique_dir(pattern: str) -> str:
