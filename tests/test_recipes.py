@@ -66,6 +66,23 @@ def test_the_degradation_sweep_warms_up_resnet110_only():
     )
 
 
+def test_the_paper_presets_are_their_papers_recipe_on_their_nets():
+    """Each huang2017_* preset is experiment=huang2017 on its net and data, without augmentation (then with
+    dropout 0.2) where its name has no `plus`; each he2016_* preset and the degradation sweep He et al.'s."""
+    for net in ("densenet40", "densenet_bc100"):
+        for data in ("c10", "c10plus", "c100", "c100plus"):
+            cfg = compose("train", [f"experiment=huang2017_{net}_{data}"])
+            plus = data.endswith("plus")
+            dataset = "cifar100" if data.startswith("c100") else "cifar10"
+            assert (cfg.dataset.name, cfg.dataset.batch_size, cfg.dataset.val_size) == (dataset, 64, 0)
+            assert (cfg.optim.nesterov, cfg.trainer.max_epochs, cfg.precision) == (True, 300, "32-true")
+            assert (cfg.dataset.flip, cfg.arch.drop_rate) == ((True, 0.0) if plus else (False, 0.2)), data
+    for preset in ("he2016_resnet56", "he2016_resnet110", "degradation", "densenet_vs_resnet"):
+        cfg = compose("train", [f"experiment={preset}", "arch=resnet110"])
+        assert (cfg.dataset.name, cfg.dataset.batch_size, cfg.dataset.val_size) == ("cifar10", 128, 5000)
+        assert (cfg.trainer.max_epochs, cfg.precision, cfg.optim.lr) == (182, "32-true", 0.1), preset
+
+
 @pytest.fixture
 def cifar(workdir, skip_md5):  # noqa: F811
     write_cifar(workdir / "data", "cifar10")
