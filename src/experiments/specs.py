@@ -56,7 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "densenet_bc100": {"family": "densenet_bc", "depth": 100, "growth_rate": 12},
     "densenet_bc190": {"family": "densenet_bc", "depth": 190, "growth_rate": 40},
     "densenet_bc250": {"family": "densenet_bc", "depth": 250, "growth_rate": 24},
-    # Huang et al. 2017, ImageNet (Table 1): torchvision's densenet121..201
+    # Huang et al. 2017, ImageNet (Table 1): torchvision's densenet121..201, and 264 (not in torchvision)
     **{
         f"densenet{d}": {
             "family": "densenet",

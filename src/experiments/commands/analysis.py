@@ -1,5 +1,5 @@
 """What the analysis commands (lesion, reuse) share: their command line, one line per run that cannot be
-read, and a non-zero exit when none could."""
+read, and a non-zero exit when any could not."""
 
 from __future__ import annotations
 

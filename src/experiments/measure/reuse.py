@@ -17,8 +17,6 @@ from torch import nn
 
 from experiments.record import write_rows
 
-COLUMNS = ("block", "target", "source", "value")
-
 
 def _sources(in_channels: int, growth_rate: int, count: int) -> list[tuple[int, int]]:
     """(first channel, channel count) of sources 0..count-1 in a dense block's concatenation."""

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from experiments.models.layers import Block
 from experiments.record import read_rows, write_rows
 
-COLUMNS = ("step", "block", "index", "quantity", "value")
 DEFAULT_STEPS = 50  # signal steps in a run when measure.signals_every is auto...
 SHARE = 10  # ...and at most one step in this many: a short run's signal steps cost it at most a few percent
 
