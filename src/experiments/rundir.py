@@ -31,8 +31,8 @@ from experiments.specs import DENSENET_DEFAULTS
 
 log = logging.getLogger(__name__)
 
-# Keys added to the config after run directories were first named by its hash: at these values they are
-# left out of it, so that an upgrade does not move every existing run to a new directory.
+# Keys left out of the hash at these values: a config saved without them names the same directory as one
+# that holds them at these values, so a run saved without them is found by the same command.
 HASH_NEUTRAL: dict[str, Any] = {
     "arch.stem": "auto",
     "arch.pretrained": None,

@@ -21,6 +21,7 @@ from experiments.build import build_datamodule, build_model, build_module, build
 from experiments.device import Device, cluster_plugins, resolve_device
 from experiments.errors import RunFailed, UserError, describe, traceback_wanted
 from experiments.measure.cost import TrainingCost
+from experiments.measure.param_grads import PREFIX as PARAM_GRAD_PREFIX
 from experiments.measure.param_grads import ParamGradNorms
 from experiments.measure.reuse import write_feature_reuse
 from experiments.measure.signals import SignalRecorder
@@ -32,7 +33,7 @@ from experiments.tracking.epochs import EpochRecord
 from experiments.tracking.loggers import AppendingCSVLogger
 
 log = logging.getLogger(__name__)
-SEEDED = threading.Lock()  # runs packed in one process build their nets in turn
+BUILDING = threading.Lock()  # runs packed in one process build their nets in turn
 
 
 def train(
@@ -42,7 +43,7 @@ def train(
     `sweep` is the multirun directory it belongs to; `packed_with`, the runs it shares a process with."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)  # called directly (benchmarks), not through app
-    with SEEDED:  # the global random generator initialises the net: one run at a time draws from it
+    with BUILDING:  # the global random generator initialises the net: one run at a time draws from it
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         device = resolve_device(cfg)
         datamodule = build_datamodule(cfg)
@@ -265,7 +266,7 @@ def _error(accuracy: float | None) -> float | None:
 
 def _stages(rows: list[dict]) -> list[str]:
     """stage1, stage2, ...: the parts of the net between stem and head that metrics.csv has norms of."""
-    prefix = "param_grad_norm/stage"
+    prefix = f"{PARAM_GRAD_PREFIX}stage"
     found = {int(k.removeprefix(prefix)) for row in rows for k in row if k.startswith(prefix)}
     return [f"stage{i}" for i in sorted(found)]
 
@@ -273,5 +274,5 @@ def _stages(rows: list[dict]) -> list[str]:
 def _param_grad_norms(rows: list[dict], parts: list[str]) -> dict[str, list[float | None]] | None:
     """Per part of the net (in `parts`' order), its mean parameter-gradient norm in each epoch, from
     metrics.csv's columns."""
-    norms = {part: [row.get(f"param_grad_norm/{part}") for row in rows] for part in parts}
+    norms = {part: [row.get(f"{PARAM_GRAD_PREFIX}{part}") for row in rows] for part in parts}
     return {part: values for part, values in norms.items() if any(v is not None for v in values)} or None

@@ -40,7 +40,7 @@ class ParamGradNorms(pl.Callback):
     """Every `every` optimiser steps: each part's parameter-gradient norm to the loggers (as
     `param_grad_norm/<part>` curves over steps); their per-epoch means go to metrics.csv."""
 
-    def __init__(self, every: int = 50) -> None:
+    def __init__(self, every: int) -> None:
         self.every = every
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0

@@ -1,8 +1,8 @@
-"""State dicts saved before the nets took torchvision's module names, renamed so that they load.
+"""State dicts in the project's older naming, renamed to torchvision's module names so that they load.
 
-The nets were once `stem -> stage1..N -> head` with numbered sequential parts (`stage1.0.body.3.weight`,
-`stage1.block.layers.0.entry.2.weight`). Only the names changed: the parameters, their order (which a saved
-optimiser state relies on) and their shapes did not.
+The older naming is `stem -> stage1..N -> head` with numbered sequential parts (`stage1.0.body.3.weight`,
+`stage1.block.layers.0.entry.2.weight`). Only the names differ: the parameters, their order (which a saved
+optimiser state relies on) and their shapes are the same.
 """
 
 from __future__ import annotations

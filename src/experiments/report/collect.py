@@ -134,7 +134,7 @@ class Run:
     @property
     def paper_test_error(self) -> float | None:
         """The paper's test error for a training run's net and data: its record's, or looked up from its
-        config for a run from before records held it."""
+        config where the record has no `paper_test_error`."""
         if self.command != "train":
             return None
         return self.get("paper_test_error") or papers.for_config(self.config)
