@@ -12,14 +12,15 @@ from torchvision import datasets
 
 from experiments.data.arrays import ArrayDataModule, Split
 from experiments.errors import UserError
+from experiments.specs import DATASETS
 
-# name: (torchvision class, classes, channels, size, files a complete copy holds under data_dir)
+# name: (torchvision class, files a complete copy holds under data_dir); their shapes are specs.DATASETS'
 TORCHVISION = {
-    "cifar10": (datasets.CIFAR10, 10, 3, 32, "cifar-10-batches-py/data_batch_1 ... test_batch"),
-    "cifar100": (datasets.CIFAR100, 100, 3, 32, "cifar-100-python/train, test"),
-    "mnist": (datasets.MNIST, 10, 1, 28, "MNIST/raw/train-images-idx3-ubyte ..."),
-    "fashion_mnist": (datasets.FashionMNIST, 10, 1, 28, "FashionMNIST/raw/train-images-idx3-ubyte ..."),
-    "svhn": (datasets.SVHN, 10, 3, 32, "train_32x32.mat, test_32x32.mat"),
+    "cifar10": (datasets.CIFAR10, "cifar-10-batches-py/data_batch_1 ... test_batch"),
+    "cifar100": (datasets.CIFAR100, "cifar-100-python/train, test"),
+    "mnist": (datasets.MNIST, "MNIST/raw/train-images-idx3-ubyte ..."),
+    "fashion_mnist": (datasets.FashionMNIST, "FashionMNIST/raw/train-images-idx3-ubyte ..."),
+    "svhn": (datasets.SVHN, "train_32x32.mat, test_32x32.mat"),
 }
 DOWNLOAD_TIMEOUT_S = 30
 
@@ -42,7 +43,8 @@ class TorchvisionData(ArrayDataModule):
             raise UserError(f"unknown torchvision dataset '{name}'; valid: {', '.join(TORCHVISION)}")
         super().__init__(name, **kwargs)
         self.data_dir = Path(data_dir)
-        self.source, self.num_classes, self.in_channels, self.image_size, self.files = TORCHVISION[name]
+        self.source, self.files = TORCHVISION[name]
+        self.num_classes, self.in_channels, self.image_size = DATASETS[name]
 
     def _open(self, train: bool, download: bool = False) -> torch.utils.data.Dataset:
         if self.source is datasets.SVHN:
@@ -85,7 +87,7 @@ class TorchvisionData(ArrayDataModule):
 class Digits(ArrayDataModule):
     """scikit-learn's 8x8 handwritten digits: 1,797 images shipped with scikit-learn, offline and real."""
 
-    num_classes, in_channels, image_size = 10, 1, 8
+    num_classes, in_channels, image_size = DATASETS["digits"]
     TEST_SIZE = 297
 
     def load(self) -> tuple[Split, Split]:
