@@ -14,6 +14,7 @@ from torch import nn
 
 from experiments.device import Device, build_optimizer, prepare_model, use_cuda_graph
 from experiments.errors import UserError
+from experiments.module import Classifier
 from experiments.papers import augmented, paper_test_error
 from experiments.record import RunRecord
 
@@ -54,10 +55,8 @@ def build_model(cfg: DictConfig, datamodule: Any) -> nn.Module:
 
 def build_module(
     cfg: DictConfig, model: nn.Module, device: Device, eager_steps: Callable[[int], bool] = lambda step: False
-):  # -> Classifier
+) -> Classifier:
     """The LightningModule around `model`, laid out and compiled for `device`."""
-    from experiments.module import Classifier
-
     cuda_graph = use_cuda_graph(cfg, device)
     model = prepare_model(cfg, model, device)
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)

@@ -12,12 +12,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 WORKER_ENV = "EXPERIMENTS_DDP_RUN"
 
 
 @contextmanager
-def worker_env(cfg, run_dir: Path) -> Iterator[None]:
+def worker_env(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
     """While fitting on several devices, child processes find this run's config and directory in the
     environment (on one device there are none: runs packed in one process must not share the variable)."""
     from omegaconf import OmegaConf

@@ -41,7 +41,9 @@ def _int(low: int = 0, high: int | None = None) -> Callable[[Any], bool]:
     )
 
 
-def _number(low: float = 0.0, high: float | None = None, low_open: bool = False, high_open: bool = False):
+def _number(
+    low: float = 0.0, high: float | None = None, low_open: bool = False, high_open: bool = False
+) -> Callable[[Any], bool]:
     def ok(v: Any) -> bool:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             return False

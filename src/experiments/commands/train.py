@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,7 @@ class Instruments:
         return [c for c in (self.cost, self.signals, self.grads) if c is not None]
 
     @property
-    def epoch_sources(self) -> list:
+    def epoch_sources(self) -> list[Callable[[], dict[str, float]]]:
         return [c.end_epoch for c in (self.cost, self.grads) if c is not None]
 
     def summary(self) -> dict:
@@ -240,7 +241,12 @@ class Outcome:
 
 
 def fit_and_test(
-    trainer: pl.Trainer, module, datamodule, ckpt_path: Path | None, cfg: DictConfig, run_dir: Path
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    ckpt_path: Path | None,
+    cfg: DictConfig,
+    run_dir: Path,
 ) -> Outcome:
     """Fit (resuming from `ckpt_path`), then test; every way this can end turned into an Outcome here."""
     try:
