@@ -115,6 +115,17 @@ def test_a_directory_holding_another_run_is_never_written_to(cli, workdir):
     assert result.status == 1
     assert "mine holds another run (arch.depth: 8 there, 14 here); nothing was changed" in result.error_line()
     assert {p: p.read_bytes() for p in (workdir / "mine").rglob("*") if p.is_file()} == before
+    theirs = workdir / "theirs"  # a folder of the user's, no run's
+    theirs.mkdir()
+    (theirs / "metrics.csv").write_text("my own data\n")
+    result = cli("train", "arch=resnet", "arch.depth=8", *TINY, "logger=none", "hydra.run.dir=theirs")
+    assert result.status == 1
+    assert result.error_line() == (
+        f"error: {theirs} holds files that are not a run's (metrics.csv); nothing was changed: give a new or "
+        "empty hydra.run.dir"
+    )
+    assert [p.name for p in theirs.iterdir()] == ["metrics.csv"]
+    assert (theirs / "metrics.csv").read_text() == "my own data\n"
 
 
 def test_a_run_saved_before_the_upgrade_resumes_in_its_directory(cli, workdir):

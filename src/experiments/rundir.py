@@ -136,9 +136,17 @@ def saved_config(run_dir: Path) -> DictConfig | None:
 
 
 def check_config(run_dir: Path, cfg: DictConfig) -> None:
-    """Refuse `run_dir` when it holds another run's config: nothing of it may be touched."""
+    """Refuse `run_dir` when it holds another run's config, or files that are no run's (a folder of the
+    user's given as hydra.run.dir): nothing of it may be touched."""
     saved = saved_config(run_dir)
     if saved is None:
+        others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME) if run_dir.is_dir() else []
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise UserError(
+                f"{run_dir} holds files that are not a run's ({shown}); nothing was changed: give a new or "
+                "empty hydra.run.dir"
+            )
         return
     new, old = hashed(cfg), hashed(saved)
     if new != old:
