@@ -48,6 +48,8 @@ def resolve_device(cfg: DictConfig) -> Device:
     precision = LIGHTNING_SHORT_PRECISIONS.get(precision, precision)
     if precision == "auto":
         precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
+    if precision == "16-mixed" and not cuda:  # what Lightning trains in instead: CPUs have no fp16 autocast
+        precision = "bf16-mixed"
     channels_last = cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
     return Device(cuda, precision, channels_last)
 
