@@ -186,6 +186,10 @@ BAD_INPUT = {
         ["+logger.api_key=s3cret"],
         "logger.api_key: a secret in the config would be written to disk",
     ),
+    "api key in hydra's environment": (
+        ["+hydra.job.env_set.COMET_API_KEY=s3cret"],
+        "hydra.job.env_set.COMET_API_KEY: a secret in the config would be written to disk",
+    ),
     "malformed override": (
         ["arch.depth=[1"],
         "cannot parse override 'arch.depth=[1': no viable alternative at input '[1' (the grammar: https",

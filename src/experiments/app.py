@@ -119,6 +119,7 @@ def make_task(command: str, failures: Failures) -> Callable[[DictConfig], Any]:
 def run_job(cfg: DictConfig, job: Job, command: str) -> Any:
     """Guard the job's directory, own it, and run the command in it."""
     with refused_leaves_nothing(job.run_dir):
+        settings.check_hydra_secrets(job.hydra_cfg)
         if done := guard(cfg, job.run_dir, command):
             return done
         fresh = not any(job.run_dir.iterdir())

@@ -289,6 +289,11 @@ def batch_size(cfg: DictConfig) -> tuple[str, int]:
     return "dataset.batch_size", cfg.dataset.batch_size
 
 
+def check_hydra_secrets(hydra_cfg: DictConfig) -> None:
+    """Hydra's own settings of a job go to .hydra/hydra.yaml: no secret there either (hydra.job.env_set)."""
+    _check_secrets(OmegaConf.to_container(hydra_cfg, resolve=False), "hydra.")
+
+
 def _check_secrets(config: Any, path: str = "") -> None:
     """An API key in the config would be written to .hydra/, multirun.yaml and the Comet archive."""
     if isinstance(config, dict):
