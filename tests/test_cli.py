@@ -186,6 +186,7 @@ BAD_INPUT = {
         ["+logger.api_key=s3cret"],
         "logger.api_key: a secret in the config would be written to disk",
     ),
+    "api key as a config key": (["logger.api_key=s3cret"], "logger.api_key: a secret in the config would"),
     "api key in hydra's environment": (
         ["+hydra.job.env_set.COMET_API_KEY=s3cret"],
         "hydra.job.env_set.COMET_API_KEY: a secret in the config would be written to disk",

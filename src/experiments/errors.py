@@ -60,7 +60,11 @@ def one_line(error: BaseException) -> str:
     cause = error.__cause__
     key = re.search(r"Could not override '([^']+)'", text)
     if key and cause is not None and "not in struct" in str(cause):
+        from experiments.settings import SECRET_KEY, secret_refused
+
         name = key.group(1)
+        if SECRET_KEY.search(name):  # adding it would be refused too
+            return secret_refused(name)
         return f"unknown config key '{name}': misspelled? (--cfg job lists the keys; +{name}=VALUE adds one)"
     if isinstance(error, UserError) or cause is None:
         return " ".join(text.split())

@@ -294,16 +294,20 @@ def check_hydra_secrets(hydra_cfg: DictConfig) -> None:
     _check_secrets(OmegaConf.to_container(hydra_cfg, resolve=False), "hydra.")
 
 
+def secret_refused(key: str) -> str:
+    return (
+        f"{key}: a secret in the config would be written to disk; set COMET_API_KEY in the environment (or "
+        f"run `comet login`) instead, and give no {key}"
+    )
+
+
 def _check_secrets(config: Any, path: str = "") -> None:
     """An API key in the config would be written to .hydra/, multirun.yaml and the Comet archive."""
     if isinstance(config, dict):
         for key, value in config.items():
             where = f"{path}{key}"
             if SECRET_KEY.search(str(key)) and value not in (None, "", "???"):
-                raise UserError(
-                    f"{where}: a secret in the config would be written to disk; set COMET_API_KEY in the "
-                    f"environment (or run `comet login`) instead, and give no {where}"
-                )
+                raise UserError(secret_refused(where))
             _check_secrets(value, f"{where}.")
     elif isinstance(config, list):
         for i, value in enumerate(config):
