@@ -18,8 +18,9 @@ from tests.helpers import archive_messages, clean_env, run_dirs
 
 @pytest.fixture
 def sweep_with_casualties(digits_sweep, workdir):
-    """A copy of the digits sweep where plain-14 lost its summary (killed), resnet-14 failed, and a run
-    beside them has a summary.json that is valid JSON but no record."""
+    """A copy of the digits sweep where plain-14 lost its summary (killed), resnet-14 failed, a run beside
+    them has a summary.json that is valid JSON but no record, resnet-8's signals.csv has a row that is not
+    numbers and plain-8 has a lesion.csv cut short."""
     shutil.copytree(digits_sweep / "multirun", workdir / "multirun")
     runs = {run.name.split("-")[0]: run for run in run_dirs(workdir / "multirun")}
     (runs["plain14"] / "summary.json").unlink()
@@ -29,6 +30,9 @@ def sweep_with_casualties(digits_sweep, workdir):
     odd = runs["plain8"].parent / "odd"
     (odd / ".hydra").mkdir(parents=True)
     (odd / "summary.json").write_text('{"status": "completed", "depth": [20]}')
+    with (runs["resnet8"] / "signals.csv").open("a") as f:
+        f.write("3,stem,0,grad_norm,abc\n")
+    (runs["plain8"] / "lesion.csv").write_text("kind,k,blocks,test_error,note\nintact,0,,")
     return runs["plain8"].parent
 
 
@@ -38,6 +42,9 @@ def test_report_tables_and_figures(sweep_with_casualties, cli, workdir):
     assert result.status == 0, result.err
     out = workdir / "report"
     assert "report: report/report.md" in result.out
+    for damaged in ("resnet8", "plain8"):
+        (run,) = sweep.glob(f"{damaged}-*")
+        assert f"{run / ('signals.csv' if damaged == 'resnet8' else 'lesion.csv')} is damaged" in result.err
 
     with (out / "runs.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +15,15 @@ from omegaconf import OmegaConf
 from experiments import papers
 from experiments.record import RunRecord, read_metrics, read_record
 
+log = logging.getLogger(__name__)
+
 FAMILY_ORDER = ("plain", "resnet", "densenet", "densenet_b", "densenet_c", "densenet_bc")
+# The instruments' files: the columns every row has, and what they hold (float: a number; object: anything)
+TABLE_COLUMNS: dict[str, dict[str, type]] = {
+    "signals.csv": {"step": float, "block": object, "index": float, "quantity": str, "value": float},
+    "lesion.csv": {"kind": str, "k": float},
+    "feature_reuse.csv": {"block": float, "target": object, "source": float, "value": float},
+}
 
 
 @dataclass
@@ -121,10 +131,16 @@ class Run:
         return self._table("feature_reuse.csv")
 
     def _table(self, name: str) -> list[dict[str, Any]]:
+        """The rows of one of the instruments' files; none where it is missing or damaged (a damaged file
+        only costs the run that figure, and the report says so in a line)."""
         try:
-            return read_metrics(self.path / name)
-        except (OSError, ValueError):  # a damaged file only costs the run that figure
+            rows = read_metrics(self.path / name)
+        except (OSError, ValueError, csv.Error):
+            rows = None
+        if rows is None or not all(_well_formed(row, name) for row in rows):
+            log.warning(f"{self.path / name} is damaged: left out of the report")
             return []
+        return rows
 
     @property
     def trained(self) -> bool:
@@ -155,6 +171,19 @@ class Run:
             self.memory_efficient,
             str(self.path),
         )
+
+
+def _well_formed(row: dict[str, Any], name: str) -> bool:
+    """Whether a row of `name` has its columns, numbers where numbers go (lesion.csv: an intact or
+    deleted-block row has a test error unless its note says why not, a single block's index is a number)."""
+    if not all(c in row and isinstance(row[c], kind) for c, kind in TABLE_COLUMNS[name].items()):
+        return False
+    if name != "lesion.csv":
+        return True
+    error = row.get("test_error")
+    if error is None:
+        return row["kind"] != "intact" and bool(row.get("note"))
+    return isinstance(error, float) and (row["kind"] != "single" or isinstance(row.get("blocks"), float))
 
 
 RUN_MARKERS = (".hydra", "summary.json")  # what a run directory holds: Hydra's composed config, its record
