@@ -3,19 +3,25 @@ directories that belong to another run."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from experiments.commands.train import AtomicCheckpointIO, _trainer
+from experiments.config import compose
+from experiments.device import resolve_device
 from experiments.rundir import LOCK_NAME
 from tests.conftest import TINY
 from tests.helpers import FIXTURES, archive_messages, clean_env, run_cli, run_dirs, summary
@@ -86,6 +92,34 @@ def test_a_killed_run_resumes_where_it_stopped_and_its_lock_does_not_block(workd
 
 
 @pytest.mark.slow
+@contextlib.contextmanager
+def files_capped_at(size: int) -> Iterator[None]:
+    """A write past `size` bytes fails part-way with EFBIG, as a write to a full disk fails with ENOSPC."""
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the error, not the signal that kills
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_last_one_whole(tmp_path):
+    """A run's trainer writes checkpoints beside their name and renames them into place: a write that
+    fails part-way leaves the previous checkpoint loadable and nothing else behind."""
+    cfg = compose("train", ["arch=resnet", "arch.depth=8", *TINY])
+    checkpoint_io = _trainer(cfg, tmp_path, resolve_device(cfg), []).strategy.checkpoint_io
+    assert isinstance(checkpoint_io, AtomicCheckpointIO)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    good = {"epoch": 1, "weights": torch.ones(100_000)}  # 0.4 MB
+    checkpoint_io.save_checkpoint(good, path)
+    with files_capped_at(1_000_000), pytest.raises((OSError, RuntimeError)):  # torch wraps it or not
+        checkpoint_io.save_checkpoint({"epoch": 2, "weights": torch.zeros(1_000_000)}, path)  # 4 MB
+    assert torch.equal(torch.load(path)["weights"], good["weights"])
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
 def test_the_same_command_twice_at_once_runs_once(workdir):
     """The second process refuses with one line naming the holder; the first completes untouched."""
     first = start(workdir, "trainer.max_epochs=4")

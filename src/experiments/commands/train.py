@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -10,11 +11,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
 from experiments import distributed
@@ -160,6 +163,25 @@ class Resume:
             ) from None
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint beside its name, then renames it into place: a full disk or a kill mid-write
+    leaves the last good checkpoint whole. (Lightning writes a local file through a temporary one in $TMPDIR
+    and moves it, which on another filesystem copies over the checkpoint in place.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            with partial.open("wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
 def _trainer(cfg: DictConfig, run_dir: Path, device: Device, callbacks: list[pl.Callback]) -> pl.Trainer:
     tty = sys.stdout.isatty()
     # checkpoints/last.ckpt, replaced at the end of every epoch (after metrics.csv has its row)
@@ -177,7 +199,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, device: Device, callbacks: list[pl.
         precision=device.precision,
         enable_checkpointing=True,
         enable_progress_bar=tty,
-        plugins=cluster_plugins(),
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
     )
 
 
