@@ -22,6 +22,7 @@ import torch
 from experiments.commands.train import AtomicCheckpointIO, _trainer
 from experiments.config import compose
 from experiments.device import resolve_device
+from experiments.record import write_atomic
 from experiments.rundir import LOCK_NAME
 from tests.conftest import TINY
 from tests.helpers import FIXTURES, archive_messages, clean_env, run_cli, run_dirs, summary
@@ -105,7 +106,7 @@ def files_capped_at(size: int) -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, handler)
 
 
-def test_a_checkpoint_that_cannot_be_written_leaves_the_last_one_whole(tmp_path):
+def test_a_checkpoint_or_record_that_cannot_be_written_leaves_the_last_one_whole(tmp_path):
     """A run's trainer writes checkpoints beside their name and renames them into place: a write that
     fails part-way leaves the previous checkpoint loadable and nothing else behind."""
     cfg = compose("train", ["arch=resnet", "arch.depth=8", *TINY])
@@ -118,6 +119,14 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_last_one_whole(tmp_path)
         checkpoint_io.save_checkpoint({"epoch": 2, "weights": torch.zeros(1_000_000)}, path)  # 4 MB
     assert torch.equal(torch.load(path)["weights"], good["weights"])
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+    record = tmp_path / "summary.json"  # the run's other files go the same way
+    write_atomic(record, "{}")
+    with files_capped_at(1000), pytest.raises(OSError):
+        write_atomic(record, "x" * 5000)
+    assert record.read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoints",
+        "summary.json",
+    ]
 
 
 def test_the_same_command_twice_at_once_runs_once(workdir):

@@ -132,10 +132,14 @@ def read_record(path: Path) -> RunRecord | None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename."""
+    """Write via a temporary file and a rename: `path` is whole, old or new, and a failed write (a full
+    disk) leaves no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
