@@ -42,7 +42,7 @@ class CometServer:
     """A local HTTP server on a free port, as `kind` says: `comet` answers as a Comet server does; `dies`
     and `stalls` too, until the run sends its parameters (after its start): then `dies` closes every
     connection and stops listening, `stalls` never answers again; `api_hangs` answers the version check but
-    never the API; `portal` answers HTML to everything."""
+    never the API; `portal` answers HTML to everything; `floods` answers everything with bytes without end."""
 
     def __init__(self, kind: str) -> None:
         self.kind, self.dead, self.stalled, self.release = kind, *(threading.Event() for _ in range(3))
@@ -95,6 +95,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if state.kind == "portal":
             return self._send(b"<html><body>Please log in to the Wi-Fi</body></html>", "text/html")
+        if state.kind == "floods":
+            return self._flood()
         if "isAlive/ver" in self.path:
             return self._send(json.dumps({"version": "3.40.1"}).encode())
         if state.kind == "api_hangs":
@@ -102,6 +104,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         return self._send(json.dumps(self._comet_answer()).encode())
+
+    def _flood(self) -> None:
+        """200, then `[` until the client hangs up (or the server closes)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            while not self.server_state.release.is_set():
+                self.wfile.write(b"[" * 65536)
 
     def _comet_answer(self) -> dict:
         """What a Comet server answers: to the new experiment, its IDs and web page; to the status, the
@@ -198,6 +211,7 @@ def run_against(kind: str, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> tuple[R
         ("nothing", "connection refused"),
         ("api_hangs", "no answer within 2 s"),
         ("portal", "it answers, but not as Comet does (a captive portal?)"),
+        ("floods", "it answers, but not as Comet does (over 64 KiB for its version)"),
     ],
 )
 def test_a_server_that_cannot_be_used_makes_the_run_offline_with_one_line(
@@ -213,7 +227,8 @@ def test_a_server_that_cannot_be_used_makes_the_run_offline_with_one_line(
     )
     assert summary(run)["comet"] == {"mode": "offline", "archive": str(archive), "fallback": reason}
     assert_archive_holds_the_run(archive, run)
-    assert "Traceback" in (run / "comet" / "comet.log").read_text()  # comet_ml's own account, in its file
+    log = (run / "comet" / "comet.log").read_text()  # comet_ml's own account, or our version check's
+    assert "Traceback" in log if kind == "api_hangs" else f"isAlive/ver: {reason}" in log
     assert holding(workdir, COMET_KEY) == []
     print(f"{kind}: start {timed['start'][0]:.1f} s, end {timed['finish'][0]:.1f} s")
     assert timed["start"][0] < 4 and timed["finish"][0] < 3

@@ -31,6 +31,7 @@ from experiments.tracking.loggers import CometLogger
 log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_S = 2
+MAX_ANSWER_BYTES = 64 * 1024  # a version answer is a few dozen bytes
 # An online start makes a handful of requests in sequence (version, experiment, status, ...), each bounded by
 # HTTP_TIMEOUT_S: a server slow to answer each still gets its experiment within this.
 START_DEADLINE_S = 8.0
@@ -395,7 +396,9 @@ class CometRun:
         info["archive"] = str(archive)
         shown = os.path.relpath(archive)
         if self.mode == "online":  # the server was lost during the run: the archive holds all of it
-            lost = probe.reason() if probe else "it stopped answering"
+            lost = "it stopped answering"
+            if probe:
+                lost = probe.reason() or "it answers again, but did not take the data in time"
             info.update(mode="offline", fallback=f"server lost during the run: {lost}")
             if self.experiment.url:
                 info["url"] = self.experiment.url
@@ -423,12 +426,15 @@ class CometRun:
 
 
 class _Probe:
-    """The server's version check, asked in a thread: what the server does now, in a few words."""
+    """The server's version check, asked in a thread: whether the server answers as Comet does, and if not
+    what it does, in a few words. At most MAX_ANSWER_BYTES are read: a server that streams without end
+    costs this thread that much memory, and the run no wait beyond HTTP_TIMEOUT_S + 1."""
 
     def __init__(self) -> None:
         from comet_ml.connection.connection_url_helpers import get_backend_version_url
 
         self.url = get_backend_version_url(server_url())
+        self.ok = False
         self.answer: str | None = None
         self.thread = threading.Thread(target=self._ask, name="comet-probe", daemon=True)
         self.thread.start()
@@ -436,13 +442,22 @@ class _Probe:
     def _ask(self) -> None:
         try:
             with urllib.request.urlopen(self.url, timeout=HTTP_TIMEOUT_S) as response:
-                json.loads(response.read())
-            self.answer = "it answers again, but did not take the data in time"
+                body = response.read(MAX_ANSWER_BYTES + 1)
+            if len(body) > MAX_ANSWER_BYTES:
+                self.answer = (
+                    f"it answers, but not as Comet does (over {MAX_ANSWER_BYTES // 1024} KiB for its version)"
+                )
+                return
+            json.loads(body)
+            self.ok = True
         except Exception as error:
             self.answer = why([_chain(error)], set())
 
-    def reason(self) -> str:
+    def reason(self) -> str | None:
+        """None when the server answered as Comet does, else why not."""
         self.thread.join(HTTP_TIMEOUT_S + 1)
+        if self.ok:
+            return None
         return self.answer or f"no answer within {HTTP_TIMEOUT_S} s"
 
 
@@ -462,7 +477,13 @@ def _beside_others() -> Iterator[None]:
 
 
 def _start_online(comet_ml: Any, options: dict[str, Any], secrets: set[str]) -> tuple[Any, str | None]:
-    """(the online experiment, None), or (None, why it could not be used) within START_DEADLINE_S."""
+    """(the online experiment, None), or (None, why it could not be used) within START_DEADLINE_S. comet_ml
+    talks to the server only once it has answered our own bounded version check: comet_ml reads an answer
+    whole, however long it streams."""
+    probe = _Probe()
+    if reason := probe.reason():
+        note(f"version check {probe.url}: {reason}; comet_ml was not started online")
+        return None, reason
     with _Watch().attached() as watch:
         finished, experiment, error = _within(
             START_DEADLINE_S, lambda: comet_ml.start(online=True, **options), late=_end_quietly
