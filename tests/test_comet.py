@@ -279,6 +279,21 @@ def test_a_working_server_takes_the_run_online(cli, workdir, monkeypatch, timed)
     assert timed["start"][0] < 3 and timed["finish"][0] < 4
 
 
+def test_a_ctrl_c_during_comets_end_leaves_the_runs_record(cli, workdir, monkeypatch):
+    """Comet's end can take seconds; a Ctrl+C then stops the command, and the record is already written."""
+
+    def interrupted(self, record):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(comet.CometRun, "finish", interrupted)
+    monkeypatch.setenv("COMET_API_KEY", COMET_KEY)
+    monkeypatch.setenv("COMET_URL_OVERRIDE", refused_url())
+    result = cli(*RUN)
+    assert result.status == 130 and "the run's record says where it stopped" in result.error_line()
+    run, _ = the_run(workdir)
+    assert summary(run)["status"] == "completed" and summary(run)["comet"] == {"mode": "offline"}
+
+
 def test_a_comet_folder_that_cannot_be_written_disables_comet_with_one_line(cli, workdir, timed):
     # a file where the folder should be: unwritable for root too, unlike permission bits
     (workdir / "run").mkdir()

@@ -75,7 +75,9 @@ def train(
     record.wall_time_s = round(time.perf_counter() - started, 2)
     if outcome.status == "completed" and isinstance(model, DenseNet):
         write_feature_reuse(model, run_dir)
-    if tracker:
+    if tracker:  # the record first, whole: a Ctrl+C may cut Comet's end short
+        record.comet = tracker.info
+        write_record(run_dir / "summary.json", record)
         record.comet = tracker.finish(record)
     return outcome.conclude(record, run_dir / "summary.json")
 
