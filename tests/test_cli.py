@@ -175,6 +175,7 @@ BAD_INPUT = {
         ["dataset=imagefolder", "dataset.path=/no/such"],
         "/no/such/train is not a folder",
     ),
+    "unknown accelerator": (["trainer.accelerator=tpu"], "trainer.accelerator must be auto, cpu, gpu, cuda"),
     "gpu that is not there": (["trainer=gpu"], "no CUDA GPU is visible here; use trainer=cpu"),
     "missing checkpoint": (["ckpt_path=/no/such.ckpt"], "ckpt_path: /no/such.ckpt does not exist"),
     "unknown compile mode": (["compile=fastest"], "compile must be false, true or a torch.compile mode"),

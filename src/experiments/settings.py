@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import specs
 from experiments.errors import UserError
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # Lightning's, less those that need extra packages
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PRECISIONS = (
     "auto",
@@ -102,6 +103,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dataset.num_workers": (lambda v: v == "auto" or _int(0)(v), "auto or an integer >= 0"),
     "dataset.path": (lambda v: isinstance(v, str) and v != "", "a folder holding train/ and val/"),
     "trainer.max_epochs": (_int(1), "an integer >= 1"),
+    "trainer.accelerator": (_one_of(*ACCELERATORS), ", ".join(ACCELERATORS)),
     "trainer.devices": (
         lambda v: v == "auto" or _int(1)(v) or isinstance(v, (list, str)),
         "a positive integer, a list of device ids or auto",
