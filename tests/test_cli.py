@@ -178,6 +178,7 @@ BAD_INPUT = {
     "unknown accelerator": (["trainer.accelerator=tpu"], "trainer.accelerator must be auto, cpu, gpu, cuda"),
     "gpu that is not there": (["trainer=gpu"], "no CUDA GPU is visible here; use trainer=cpu"),
     "missing checkpoint": (["ckpt_path=/no/such.ckpt"], "ckpt_path: /no/such.ckpt does not exist"),
+    "checkpoint a folder": (["ckpt_path=/"], "ckpt_path: / is a folder, not a checkpoint file"),
     "unknown compile mode": (["compile=fastest"], "compile must be false, true or a torch.compile mode"),
     "cuda graph on a cpu": (["cuda_graph=true"], "cuda_graph=true needs a CUDA GPU; on a CPU leave it false"),
     "cuda graph not a bool": (["cuda_graph=maybe"], "cuda_graph must be auto, true or false, got 'maybe'"),

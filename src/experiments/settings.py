@@ -153,6 +153,10 @@ def check_paths(cfg: DictConfig) -> None:
     """Files and folders the config names must be there, and be what they should."""
     if ckpt := cfg.get("ckpt_path"):
         path = Path(ckpt).expanduser()
+        if path.is_dir():
+            last = path / "checkpoints" / "last.ckpt"
+            hint = f" (its checkpoint: ckpt_path={last})" if last.is_file() else ""
+            raise UserError(f"ckpt_path: {path} is a folder, not a checkpoint file{hint}")
         if not path.is_file():
             raise UserError(f"ckpt_path: {path} does not exist")
         if not _is_checkpoint(path):
