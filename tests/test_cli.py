@@ -40,6 +40,17 @@ def test_unknown_command_is_one_line(cli):
     )
 
 
+def test_an_unknown_or_incomplete_option_is_one_line(cli, workdir):
+    for args, expected in {
+        ("--bogus", "arch=resnet20"): "error: unknown option '--bogus'",
+        ("--cfg",): "error: argument --cfg/-c: expected one argument",
+    }.items():
+        result = cli("train", *args)
+        assert result.status == 2 and result.out == ""
+        assert result.err == f"{expected} (experiments train --help lists the options)\n"
+    assert list(workdir.iterdir()) == [workdir / "home"]
+
+
 def test_train_help_and_cfg_are_hydras(cli, workdir):
     helped = cli("train", "--help")
     assert helped.status == 0 and "experiments train" in helped.out and "arch: " in helped.out

@@ -9,6 +9,7 @@ directory (conf/hydra/default.yaml turns its own .hydra/ and log file off), so a
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
@@ -197,6 +198,9 @@ def run(command: str, args: list[str]) -> int:
     if not CONF_DIR.is_dir():
         print(f"error: config directory {CONF_DIR} not found: reinstall the project", file=sys.stderr)
         return 2
+    if problem := _flag_problem(args):
+        print(f"error: {problem} (experiments {command} --help lists the options)", file=sys.stderr)
+        return 2
     failures = Failures()
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)(
         make_task(command, failures)
@@ -239,6 +243,21 @@ def run(command: str, args: list[str]) -> int:
     if len(failures.lines) > 1:
         print(f"error: {len(failures.lines)} runs failed:", *failures.lines, sep="\n  ", file=sys.stderr)
     return 1 if failures.lines else 0
+
+
+def _flag_problem(args: list[str]) -> str | None:
+    """What is wrong with the `-x` / `--xyz` arguments, in one line, or None: Hydra's own parser would print
+    its usage, naming __main__.py, over eight lines."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.exit_on_error = False
+    try:
+        _, rest = parser.parse_known_args(args)
+    except argparse.ArgumentError as error:
+        return str(error)
+    unknown = [arg for arg in rest if arg.startswith("-")]
+    return f"unknown option {unknown[0]!r}" if unknown else None
 
 
 def _quoted_home(arg: str) -> str:
