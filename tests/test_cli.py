@@ -3,6 +3,7 @@ fast, with nothing written."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 
@@ -49,6 +50,14 @@ def test_an_unknown_or_incomplete_option_is_one_line(cli, workdir):
         assert result.status == 2 and result.out == ""
         assert result.err == f"{expected} (experiments train --help lists the options)\n"
     assert list(workdir.iterdir()) == [workdir / "home"]
+
+
+def test_help_into_a_closed_pipe_says_nothing(workdir):
+    """`experiments train --help | head -1`: the reader goes away, and no error is printed about it."""
+    command = [sys.executable, "-m", "experiments", "train", "--help"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir) as process:
+        process.stdout.close()
+        assert process.stderr.read() == b"" and process.wait(60) == 141
 
 
 def test_train_help_and_cfg_are_hydras(cli, workdir):

@@ -228,6 +228,9 @@ def run(command: str, args: list[str]) -> int:
     except SweepRefused as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `train --help | head`: the reader went away, and there is nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as error:
         if traceback_wanted():
             raise
