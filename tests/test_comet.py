@@ -42,7 +42,8 @@ class CometServer:
     """A local HTTP server on a free port, as `kind` says: `comet` answers as a Comet server does; `dies`
     and `stalls` too, until the run sends its parameters (after its start): then `dies` closes every
     connection and stops listening, `stalls` never answers again; `api_hangs` answers the version check but
-    never the API; `portal` answers HTML to everything; `floods` answers everything with bytes without end."""
+    never the API; `portal` answers HTML to everything; `floods` answers everything with bytes without end;
+    `fails` answers every request with a server error."""
 
     def __init__(self, kind: str) -> None:
         self.kind, self.dead, self.stalled, self.release = kind, *(threading.Event() for _ in range(3))
@@ -97,6 +98,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(b"<html><body>Please log in to the Wi-Fi</body></html>", "text/html")
         if state.kind == "floods":
             return self._flood()
+        if state.kind == "fails":
+            self.send_error(500)
+            return None
         if "isAlive/ver" in self.path:
             return self._send(json.dumps({"version": "3.40.1"}).encode())
         if state.kind == "api_hangs":
@@ -212,6 +216,7 @@ def run_against(kind: str, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> tuple[R
         ("api_hangs", "no answer within 2 s"),
         ("portal", "it answers, but not as Comet does (a captive portal?)"),
         ("floods", "it answers, but not as Comet does (over 64 KiB for its version)"),
+        ("fails", "it answers HTTP 500 (Internal Server Error)"),
     ],
 )
 def test_a_server_that_cannot_be_used_makes_the_run_offline_with_one_line(

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -450,6 +451,8 @@ class _Probe:
                 return
             json.loads(body)
             self.ok = True
+        except urllib.error.HTTPError as error:  # its text would quote the whole URL
+            self.answer = f"it answers HTTP {error.code} ({error.reason})"
         except Exception as error:
             self.answer = why([_chain(error)], set())
 
