@@ -16,7 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from experiments.config import compose
 from experiments.record import RunRecord
 from experiments.report.collect import Run
 from experiments.tracking import comet, dashboard
@@ -300,8 +302,10 @@ def test_a_ctrl_c_during_comets_end_leaves_the_runs_record(cli, workdir, monkeyp
 
 
 def test_a_comet_folder_that_cannot_be_written_disables_comet_with_one_line(cli, workdir, timed):
-    # a file where the folder should be: unwritable for root too, unlike permission bits
-    (workdir / "run").mkdir()
+    # the run's directory (as a run stopped before its first epoch leaves it) with a file where the folder
+    # should be: unwritable for root too, unlike permission bits
+    (workdir / "run" / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose("train", list(RUN[1:])), workdir / "run" / ".hydra" / "config.yaml")
     (workdir / "run" / "comet").write_text("not a folder")
     result = cli(*RUN, "hydra.run.dir=run")
     assert result.status == 0, result.err

@@ -442,7 +442,9 @@ class _Probe:
 
     def _ask(self) -> None:
         try:
-            with urllib.request.urlopen(self.url, timeout=HTTP_TIMEOUT_S) as response:
+            # a new opener: urlopen's own keeps the proxies of the environment at its first use, and
+            # comet_ml's requests read them at each request
+            with urllib.request.build_opener().open(self.url, timeout=HTTP_TIMEOUT_S) as response:
                 body = response.read(MAX_ANSWER_BYTES + 1)
             if len(body) > MAX_ANSWER_BYTES:
                 self.answer = (
