@@ -244,7 +244,9 @@ def test_a_server_that_cannot_be_used_makes_the_run_offline_with_one_line(
 @pytest.mark.parametrize(
     ("kind", "reasons"),
     [
-        ("dies", ["connection refused"]),
+        # comet_ml may send the parameters (and the server die) as late as its end, which the run's own
+        # look at the server runs beside
+        ("dies", ["connection refused", "it answers again, but did not take the data in time"]),
         # a server whose every handler hangs: a new connection times out, or is refused once its queue is full
         ("stalls", ["no answer within 2 s", "connection refused"]),
     ],
@@ -257,7 +259,9 @@ def test_a_server_lost_during_the_run_leaves_an_archive_and_one_line(
     run, archive = the_run(workdir)
     shown = archive.relative_to(workdir)
     server = url.removesuffix("/clientlib/")
-    (lost,) = [reason for reason in reasons if f"during the run ({reason});" in line]
+    found = [reason for reason in reasons if f"during the run ({reason});" in line]
+    assert len(found) == 1, line
+    (lost,) = found
     assert line == (
         f"Comet lost {server} during the run ({lost}); all its data is in {shown} "
         f"(upload: comet upload --force-reupload {shown})"
