@@ -92,7 +92,6 @@ def test_a_killed_run_resumes_where_it_stopped_and_its_lock_does_not_block(workd
     assert others["resumed_after_epoch"] >= 1 and record["comet"]["archive"].split("/")[-1].startswith(key)
 
 
-@pytest.mark.slow
 @contextlib.contextmanager
 def files_capped_at(size: int) -> Iterator[None]:
     """A write past `size` bytes fails part-way with EFBIG, as a write to a full disk fails with ENOSPC."""
@@ -129,6 +128,7 @@ def test_a_checkpoint_or_record_that_cannot_be_written_leaves_the_last_one_whole
     ]
 
 
+@pytest.mark.slow
 def test_the_same_command_twice_at_once_runs_once(workdir):
     """The second process refuses with one line naming the holder; the first completes untouched."""
     first = start(workdir, "trainer.max_epochs=4")
