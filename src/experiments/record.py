@@ -7,10 +7,12 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, BinaryIO, Union, get_args, get_origin, get_type_hints
 
 
 def run_label(arch: str, depth: object, dataset: str, seed: object) -> str:
@@ -131,15 +133,22 @@ def read_record(path: Path) -> RunRecord | None:
     return RunRecord.from_json(data)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename: `path` is whole, old or new, and a failed write (a full
-    disk) leaves no temporary file."""
+@contextmanager
+def replaced_whole(path: Path) -> Iterator[BinaryIO]:
+    """A file to write `path`'s new content into, renamed over `path` when the block ends without error:
+    `path` is whole, old or new, and a failed write (a full disk, a kill) leaves no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
+        with tmp.open("wb") as file:
+            yield file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with replaced_whole(path) as file:
+        file.write(text.encode())
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

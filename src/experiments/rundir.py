@@ -86,10 +86,11 @@ def run_name(parent: str = "", *, _root_: DictConfig) -> str:
         OmegaConf.select(_root_, key, default="")
         for key in ("arch.name", "arch.depth", "dataset.name", "seed")
     )
-    as_written = name = f"{run_label(arch, depth, dataset, seed)}-{config_hash(_root_)}"
+    digest = config_hash(_root_)
+    as_written = name = f"{run_label(arch, depth, dataset, seed)}-{digest}"
     try:
         spec = settings.check_arch(_root_)
-        name = f"{run_label(spec.label, spec.depth, dataset, seed)}-{config_hash(_root_)}"
+        name = f"{run_label(spec.label, spec.depth, dataset, seed)}-{digest}"
     except Exception:  # a config that cannot run is named as written; the job then refuses it in one line
         pass
     if parent and (Path(parent) / as_written).is_dir() and not (Path(parent) / name).exists():

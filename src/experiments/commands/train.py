@@ -31,7 +31,7 @@ from experiments.measure.reuse import write_feature_reuse
 from experiments.measure.signals import SignalRecorder
 from experiments.models import DenseNet
 from experiments.module import Diverged
-from experiments.record import RunRecord, read_metrics, write_record
+from experiments.record import RunRecord, read_metrics, replaced_whole, write_record
 from experiments.tracking import comet
 from experiments.tracking.epochs import EpochRecord
 from experiments.tracking.loggers import AppendingCSVLogger
@@ -173,15 +173,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            with partial.open("wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        with replaced_whole(path) as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before it replaces the last good one
 
 
 def _trainer(cfg: DictConfig, run_dir: Path, device: Device, callbacks: list[pl.Callback]) -> pl.Trainer:
