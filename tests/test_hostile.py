@@ -1,0 +1,111 @@
+"""A hostile user's inputs: each one either refused in one line naming the setting (fast, writing nothing)
+or taken as it means, with a warning line where the data is not what it seems."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_data import make_folder
+
+IMAGEFOLDER_LOG = "experiments.data.imagefolder"
+
+
+def folder_data(root: Path):
+    from experiments.data import ImageFolderData
+
+    return ImageFolderData("imagefolder", str(root), image_size=8, batch_size=4, num_workers=0)
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_symlink_loop_counts_each_image_once_and_is_named(tmp_path, caplog):
+    make_folder(tmp_path, {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    (tmp_path / "train" / "cat" / "loop").symlink_to(".")
+    (tmp_path / "train" / "cat" / "3.png").symlink_to("0.png")  # a second path to the same file
+    caplog.set_level(logging.WARNING, IMAGEFOLDER_LOG)
+    data = folder_data(tmp_path)
+    training = data.train_dataloader().dataset
+    assert len(training) == 6 and training.targets == [0, 0, 0, 1, 1, 1]
+    (line,) = warnings_of(caplog)
+    assert f"{tmp_path / 'train' / 'cat' / 'loop'} links back to" in line and "\n" not in line
+
+
+def test_an_image_in_two_classes_or_in_training_and_validation_is_named(tmp_path, caplog):
+    make_folder(tmp_path, {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    cat = tmp_path / "train" / "cat" / "0.png"
+    (tmp_path / "train" / "dog" / "extra.png").symlink_to(cat)
+    os.link(cat, tmp_path / "val" / "cat" / "extra.png")  # a hard link: one file, two names
+    (tmp_path / "val" / "dog" / "extra.png").symlink_to(cat)
+    caplog.set_level(logging.WARNING, IMAGEFOLDER_LOG)
+    data = folder_data(tmp_path)
+    assert len(data.train_dataloader().dataset) == 7  # kept in both classes, as the folders say
+    (two_classes,) = warnings_of(caplog)
+    assert f"(first: {cat} in cat and dog)" in two_classes
+    caplog.clear()
+    data.val_dataloader()
+    (leak,) = warnings_of(caplog)
+    assert f"of {tmp_path / 'val'} are training images too (first: {cat})" in leak
+
+
+def two_class_folder(root: Path, cat: Image.Image, dog: Image.Image, suffix: str = ".png") -> None:
+    """root/{train,val}/{cat,dog}/0<suffix>: one image per class and split."""
+    for split in ("train", "val"):
+        for name, image in (("cat", cat), ("dog", dog)):
+            (root / split / name).mkdir(parents=True)
+            image.save(root / split / name / f"0{suffix}")
+
+
+def test_16_bit_images_are_scaled_to_8_bits_by_one_factor_not_clipped(tmp_path):
+    from experiments.data.imagefolder import _Folder
+
+    dark, bright = (Image.fromarray(np.full((4, 4), v, dtype=np.uint16)) for v in (1000, 60000))
+    assert dark.mode == "I;16"
+    two_class_folder(tmp_path, dark, bright)
+    training = _Folder(tmp_path / "train", None, None)
+    assert [training[i][0].getpixel((0, 0)) for i in range(2)] == [(4, 4, 4), (233, 233, 233)]
+
+
+@pytest.mark.parametrize("pixels", [np.float32, np.int32], ids=["F", "I"])
+def test_an_image_rgb_cannot_hold_is_one_line_naming_it(pixels, cli, workdir):
+    from tests.test_data import train_on_folder
+
+    image = Image.fromarray(np.full((12, 12), 70000, dtype=pixels))
+    two_class_folder(workdir / "pets", image, image, suffix=".tiff")
+    result = cli(*train_on_folder("pets"))
+    line = result.error_line()
+    assert result.status == 1 and f"pets/train/cat/0.tiff is a PIL mode {image.mode} image" in line
+
+
+def test_a_very_large_image_is_one_warning_line_naming_it(tmp_path, caplog, monkeypatch):
+    from experiments.data.imagefolder import _Folder, check_images
+
+    make_folder(tmp_path, {"train": ["cat", "dog"]}, size=12)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 pixels: over; twice over is refused
+    caplog.set_level(logging.WARNING, IMAGEFOLDER_LOG)
+    folder = _Folder(tmp_path / "train", None, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        check_images(folder)
+        folder[0]
+    large = [line for line in warnings_of(caplog) if "decompression bombs" in line]
+    assert len(large) == len(folder) and f"{folder.samples[0][0]} is 12x12 pixels" in large[0]
+
+
+def test_an_empty_class_folder_is_named(cli, workdir):
+    from tests.test_data import train_on_folder
+
+    make_folder(workdir / "pets", {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    for image in (workdir / "pets" / "train" / "dog").iterdir():
+        image.unlink()
+    result = cli(*train_on_folder("pets"))
+    assert result.status == 1
+    assert "class folder pets/train/dog holds no images" in result.error_line()
