@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import clean_env
 from tests.test_data import make_folder
 
 IMAGEFOLDER_LOG = "experiments.data.imagefolder"
@@ -109,3 +112,85 @@ def test_an_empty_class_folder_is_named(cli, workdir):
     result = cli(*train_on_folder("pets"))
     assert result.status == 1
     assert "class folder pets/train/dog holds no images" in result.error_line()
+
+
+DRIVER = (
+    "import sys; from experiments.__main__ import main; status = main(sys.argv[1:]); "
+    "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(status)"
+)
+
+
+def refused_without_torch(workdir: Path, *args: str, **env: str) -> str:
+    """The one error line of `experiments ARGS` run in a fresh process in `workdir`, which must refuse
+    without importing torch and without writing anything."""
+    before = sorted(workdir.rglob("*"))
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, *args],
+        cwd=workdir,
+        env={**clean_env(workdir), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and done.stdout.strip().endswith("torch not imported"), done
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and sorted(workdir.rglob("*")) == before, line
+    return line
+
+
+def test_an_unknown_trainer_argument_is_named_with_the_nearest(workdir):
+    line = refused_without_torch(workdir, "train", "dataset=digits", "+trainer.max_epoch=1")
+    assert line == (
+        "error: trainer.max_epoch is not an argument of Lightning's Trainer; the nearest that is: "
+        "trainer.max_epochs"
+    )
+
+
+def test_the_trainer_argument_list_is_lightnings():
+    import inspect
+
+    import pytorch_lightning as pl
+
+    from experiments.settings import TRAINER_ARGUMENTS
+
+    lightning = [name for name in inspect.signature(pl.Trainer.__init__).parameters if name != "self"]
+    assert sorted(TRAINER_ARGUMENTS) == sorted(lightning)
+
+
+def test_a_validation_split_that_leaves_no_training_images_is_refused_at_once(workdir):
+    line = refused_without_torch(workdir, "train", "dataset=digits", "dataset.val_size=1500")
+    assert line == (
+        "error: dataset.val_size=1500 leaves no training images: digits has 1,500 for training and "
+        "validation together; use at most 1,499"
+    )
+
+
+def test_the_built_in_sizes_are_the_datasets(tmp_path):
+    from experiments.data import Digits
+    from experiments.specs import TRAIN_IMAGES
+
+    assert len(Digits("digits", batch_size=8, val_size=0).load()[0]) == TRAIN_IMAGES["digits"]
+
+
+def test_a_data_dir_that_is_a_file_is_refused_at_once(workdir):
+    (workdir / "datasets").write_text("not a folder")
+    line = refused_without_torch(workdir, "train", "dataset=cifar10", EXPERIMENTS_DATA_DIR="datasets")
+    assert line == (
+        "error: dataset.data_dir (EXPERIMENTS_DATA_DIR): datasets is a file, not a folder; name a folder "
+        "for the datasets"
+    )
+
+
+def test_a_checkpoint_of_another_net_is_refused_before_the_run_directory(cli, workdir):
+    import torch
+
+    from experiments.models import create_model
+
+    resnet8 = create_model("resnet", num_classes=10, in_channels=1, image_size=8, depth=8)
+    state = {f"model.{key}": value for key, value in resnet8.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 0}, workdir / "resnet8.ckpt")
+    result = cli("train", "dataset=digits", "arch=resnet", "arch.depth=14", "ckpt_path=resnet8.ckpt")
+    line = result.error_line()
+    assert result.status == 1 and line.startswith("error: ckpt_path: resnet8.ckpt does not fit resnet14: ")
+    assert "missing" in line and len(line) < 200
+    assert sorted(p.name for p in workdir.iterdir()) == ["home", "resnet8.ckpt"]

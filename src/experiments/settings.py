@@ -6,7 +6,9 @@ Keys the table does not know (`+trainer.NAME=...`) go to their library, which ju
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
 import re
 import zipfile
 from collections.abc import Callable
@@ -32,6 +34,51 @@ PRECISIONS = (
     "bf16-true",
     "64-true",
     "64",
+)
+# pytorch_lightning.Trainer's arguments (a test holds this to the installed Lightning's): a config key under
+# trainer/ that is none of these is refused here, not by Lightning after torch is imported
+TRAINER_ARGUMENTS = (
+    "accelerator",
+    "strategy",
+    "devices",
+    "num_nodes",
+    "precision",
+    "logger",
+    "callbacks",
+    "fast_dev_run",
+    "max_epochs",
+    "min_epochs",
+    "max_steps",
+    "min_steps",
+    "max_time",
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+    "limit_predict_batches",
+    "overfit_batches",
+    "val_check_interval",
+    "check_val_every_n_epoch",
+    "num_sanity_val_steps",
+    "log_every_n_steps",
+    "enable_checkpointing",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "accumulate_grad_batches",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "deterministic",
+    "benchmark",
+    "inference_mode",
+    "use_distributed_sampler",
+    "profiler",
+    "detect_anomaly",
+    "barebones",
+    "plugins",
+    "sync_batchnorm",
+    "reload_dataloaders_every_n_epochs",
+    "default_root_dir",
+    "enable_autolog_hparams",
+    "model_registry",
 )
 SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.IGNORECASE)
 
@@ -141,8 +188,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 def check(cfg: DictConfig) -> None:
     """Raise a one-line UserError for the first setting of `cfg` that cannot run."""
     check_keys(cfg)
+    check_trainer_keys(cfg)
     spec = check_arch(cfg)
     check_shape(cfg, spec)
+    check_val_size(cfg)
     check_paths(cfg)
     check_accelerator(cfg)
     if cfg.logger.get("name") == "comet":
@@ -163,8 +212,43 @@ def check_paths(cfg: DictConfig) -> None:
             raise UserError(
                 f"ckpt_path: {path} is not a PyTorch checkpoint (a zip archive that torch.save wrote)"
             )
+        check_checkpoint_fits(cfg, path)
     if cfg.dataset.get("_target_", "").endswith("ImageFolderData"):
         check_imagefolder_root(Path(cfg.dataset.path).expanduser())
+    if data_dir := cfg.dataset.get("data_dir"):
+        check_data_dir(Path(data_dir).expanduser())
+
+
+def check_data_dir(path: Path) -> None:
+    """Where downloaded datasets go: a folder, or nothing yet (it is made when a download needs it)."""
+    if path.exists() and not path.is_dir():
+        named_by = " (EXPERIMENTS_DATA_DIR)" if os.environ.get("EXPERIMENTS_DATA_DIR") == str(path) else ""
+        raise UserError(
+            f"dataset.data_dir{named_by}: {path} is a file, not a folder; name a folder for the datasets"
+        )
+
+
+def check_checkpoint_fits(cfg: DictConfig, checkpoint: Path) -> None:
+    """The checkpoint must hold the configured net's weights (the one check here that reads a checkpoint and
+    imports torch, and only when a ckpt_path is given)."""
+    from experiments.finished import load_weights
+    from experiments.models import create_model
+
+    classes, channels, size = dataset_shape(cfg)
+    if not classes and cfg.dataset.get("path"):  # an image folder: a class per folder of train/
+        train = Path(cfg.dataset.path).expanduser() / "train"
+        classes = sum(1 for folder in train.iterdir() if folder.is_dir()) if train.is_dir() else 0
+    if classes < 2:
+        return  # the data's own check refuses it, with its own line
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    name = arch.pop("name")
+    arch.pop("freeze", None)
+    arch["pretrained"] = None  # the checkpoint's weights replace any others
+    model = create_model(name, num_classes=classes, in_channels=channels, image_size=size, **arch)
+    try:
+        load_weights(model, checkpoint)
+    except UserError as error:
+        raise UserError(f"ckpt_path: {error}") from None
 
 
 def check_imagefolder_root(root: Path) -> None:
@@ -175,6 +259,30 @@ def check_imagefolder_root(root: Path) -> None:
                 f"dataset.path: {root / folder} is not a folder; imagefolder needs PATH/train/<class>/ "
                 "and PATH/val/<class>/ image folders"
             )
+
+
+def check_trainer_keys(cfg: DictConfig) -> None:
+    """Each trainer/ key must be an argument of Lightning's Trainer: one that is not is named, with the
+    nearest that is."""
+    for key in cfg.get("trainer") or {}:
+        if str(key).startswith("_") or key in TRAINER_ARGUMENTS:
+            continue
+        (nearest,) = difflib.get_close_matches(str(key), TRAINER_ARGUMENTS, n=1, cutoff=0) or ("?",)
+        raise UserError(
+            f"trainer.{key} is not an argument of Lightning's Trainer; the nearest that is: trainer.{nearest}"
+        )
+
+
+def check_val_size(cfg: DictConfig) -> None:
+    """A validation split must leave training images, where the dataset's size is known before loading."""
+    name, val_size = cfg.dataset.name, cfg.dataset.get("val_size")
+    images = specs.TRAIN_IMAGES.get(name)
+    if images is None or not isinstance(val_size, int) or val_size < images:
+        return
+    raise UserError(
+        f"dataset.val_size={val_size} leaves no training images: {name} has {images:,} for training and "
+        f"validation together; use at most {images - 1:,}"
+    )
 
 
 def check_accelerator(cfg: DictConfig) -> None:

@@ -277,6 +277,16 @@ DATASETS = {
     "svhn": (10, 3, 32),
     "digits": (10, 1, 8),
 }
+DIGITS_TEST_IMAGES = 297  # digits has no test split of its own: the same 297 images test every run
+# images a built-in dataset holds for training and validation together (dataset.val_size of them validate)
+TRAIN_IMAGES = {
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "mnist": 60_000,
+    "fashion_mnist": 60_000,
+    "svhn": 73_257,
+    "digits": 1_797 - DIGITS_TEST_IMAGES,
+}
 
 
 def final_map_size(spec: Spec, image_size: int) -> int:

@@ -12,7 +12,7 @@ from torchvision import datasets
 
 from experiments.data.arrays import ArrayDataModule, Split
 from experiments.errors import UserError
-from experiments.specs import DATASETS
+from experiments.specs import DATASETS, DIGITS_TEST_IMAGES
 
 # name: (torchvision class, files a complete copy holds under data_dir); their shapes are specs.DATASETS'
 TORCHVISION = {
@@ -88,7 +88,7 @@ class Digits(ArrayDataModule):
     """scikit-learn's 8x8 handwritten digits: 1,797 images shipped with scikit-learn, offline and real."""
 
     num_classes, in_channels, image_size = DATASETS["digits"]
-    TEST_SIZE = 297
+    TEST_SIZE = DIGITS_TEST_IMAGES
 
     def load(self) -> tuple[Split, Split]:
         from sklearn.datasets import load_digits
