@@ -165,7 +165,9 @@ BAD_INPUT = {
         ["trainer=tpu"],
         "unknown trainer option 'tpu'; valid: cpu, ddp, debug, default, gpu",
     ),
-    "misspelled key": (["arch.dpeth=20"], "unknown config key 'arch.dpeth': misspelled?"),
+    "misspelled key": (["arch.dpeth=20"], "unknown config key 'arch.dpeth'; did you mean 'arch.depth'?"),
+    "misspelled group": (["archh=resnet"], "unknown config key 'archh'; did you mean 'arch'?"),
+    "unknown key": (["zzz=1"], "unknown config key 'zzz': misspelled? (--cfg job lists the keys; +zzz=VALUE"),
     "impossible depth": (["arch=resnet", "arch.depth=21"], "6n+2, got 21; nearest valid: 20, 26"),
     "impossible densenet_bc depth": (["arch=densenet_bc", "arch.depth=101"], "6n+4, got 101"),
     "depth not a number": (

@@ -194,3 +194,27 @@ def test_a_checkpoint_of_another_net_is_refused_before_the_run_directory(cli, wo
     assert result.status == 1 and line.startswith("error: ckpt_path: resnet8.ckpt does not fit resnet14: ")
     assert "missing" in line and len(line) < 200
     assert sorted(p.name for p in workdir.iterdir()) == ["home", "resnet8.ckpt"]
+
+
+def test_a_misspelt_command_is_answered_with_the_nearest(cli):
+    assert "unknown command 'trian'; did you mean 'train'? valid: " in cli("trian").error_line()
+
+
+def test_report_out_naming_a_file_is_refused_naming_out(cli, workdir):
+    (workdir / "run" / ".hydra").mkdir(parents=True)
+    (workdir / "existing.txt").write_text("mine")
+    result = cli("report", "run", "--out", "existing.txt", "--logger", "none")
+    assert result.status == 1 and result.error_line() == (
+        "error: --out: existing.txt is a file; --out must be a folder (the report's files go into it)"
+    )
+    assert (workdir / "existing.txt").read_text() == "mine"
+
+
+def test_report_names_each_unreadable_run_on_the_terminal(cli, workdir):
+    for name in ("one", "two"):
+        (workdir / "runs" / name).mkdir(parents=True)
+        (workdir / "runs" / name / "summary.json").write_text("{not json")
+    result = cli("report", "runs", "--logger", "none")
+    assert result.status == 0, result.err
+    named = [line for line in result.err.splitlines() if "listed as unreadable" in line]
+    assert [line.split(":")[0] for line in named] == [f"runs/{name}/summary.json" for name in ("one", "two")]

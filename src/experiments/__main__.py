@@ -57,8 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     note_traceback_wish()
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
+        import difflib
+
+        nearest = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f"did you mean '{nearest[0]}'? " if nearest else ""
         valid = ", ".join(COMMANDS)
-        print(f"error: unknown command '{command}'; valid: {valid} (see experiments --help)", file=sys.stderr)
+        print(
+            f"error: unknown command '{command}'; {hint}valid: {valid} (see experiments --help)",
+            file=sys.stderr,
+        )
         return 2
     runner = COMMANDS[command][1]
     if runner == "hydra":

@@ -65,15 +65,30 @@ def one_line(error: BaseException) -> str:
         name = key.group(1)
         if SECRET_KEY.search(name):  # adding it would be refused too
             return secret_refused(name)
+        if nearest := _nearest_key(name, getattr(cause, "parent_node", None)):
+            return f"unknown config key '{name}'; did you mean '{nearest}'? (--cfg job lists the keys)"
         return f"unknown config key '{name}': misspelled? (--cfg job lists the keys; +{name}=VALUE adds one)"
     if isinstance(error, UserError) or cause is None:
         return " ".join(text.split())
     return " ".join(f"{text}: {cause}".split())
 
 
-def message(error: BaseException) -> str:
-    """What a command prints after `error: `: the one line, and for a bug of ours how to see its traceback."""
-    return one_line(error) + ("" if is_user_error(error) else " (HYDRA_FULL_ERROR=1 shows the traceback)")
+def _nearest_key(name: str, parent: object) -> str | None:
+    """The key (or config group) beside where `name` was looked for that is nearest to it in spelling."""
+    import difflib
+
+    keys = [str(key) for key in getattr(parent, "keys", list)() if key != "hydra"]
+    prefix, _, last = name.rpartition(".")
+    nearest = difflib.get_close_matches(last, keys, n=1)
+    return f"{prefix}.{nearest[0]}" if nearest and prefix else nearest[0] if nearest else None
+
+
+def message(error: BaseException, hydra_command: bool = True) -> str:
+    """What a command prints after `error: `: the one line, and for a bug of ours in a Hydra command how to
+    see its traceback (the other commands take HYDRA_FULL_ERROR too, but a hint naming Hydra there would
+    only puzzle)."""
+    hint = hydra_command and not is_user_error(error)
+    return one_line(error) + (" (HYDRA_FULL_ERROR=1 shows the traceback)" if hint else "")
 
 
 def describe(error: BaseException) -> str:

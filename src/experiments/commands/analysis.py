@@ -56,6 +56,6 @@ def main_over_runs(
         except Exception as error:
             if traceback_wanted() and not is_user_error(error):
                 raise
-            print(f"error: {message(error)}", file=sys.stderr)
+            print(f"error: {message(error, hydra_command=False)}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0

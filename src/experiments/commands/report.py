@@ -45,12 +45,20 @@ def report(directories: list[Path], out: Path, logger: str = "comet", online: st
     for directory in directories:
         if not directory.is_dir():
             raise UserError(f"{directory} is not a directory")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} is a file; --out must be a folder (the report's files go into it)")
     runs = [run for run in find_runs(directories) if out not in run.path.parents]
     if not runs:
         raise UserError(f"no runs under {', '.join(map(str, directories))} (a run directory holds .hydra/)")
+    for run in runs:
+        if run.problem:  # report.md lists it; the terminal says so too
+            log.warning(f"{run.problem}: the run is listed as unreadable, its results left out")
     from experiments.report import aggregate, plots, tables
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out: cannot make the folder {out} ({error.strerror})") from None
     figures, missing = {}, []
     for name, draw in plots.FIGURES.items():
         drawn = [figure for figure in draw(runs, out) if figure]
@@ -103,7 +111,7 @@ def main(args: list[str]) -> int:
     except Exception as error:
         if traceback_wanted() and not is_user_error(error):
             raise
-        print(f"error: {message(error)}", file=sys.stderr)
+        print(f"error: {message(error, hydra_command=False)}", file=sys.stderr)
         return 1
     print(f"report: {path} (figures and runs.csv beside it)")
     return 0
