@@ -135,6 +135,8 @@ def timed(function: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 

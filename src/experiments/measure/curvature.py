@@ -104,7 +104,7 @@ def weight_norm(net: nn.Module) -> float:
 def top_eigenvalue(h: Hessian, iterations: int, seed: int) -> tuple[float, float, int]:
     """(largest algebraic eigenvalue, its residual ||Hv - lambda v||, Hessian-vector products used) by
     Lanczos over `iterations` basis vectors (fewer where H is smaller), restarted up to `iterations` times
-    until the Ritz pair's residual is within LANCZOS_TOL of |lambda|."""
+    until the Ritz pair's residual is within LANCZOS_TOL of |lambda| (or, failing that, 1e-2 or 1e-1)."""
     device, dtype = h.parameters[0].device, h.parameters[0].dtype
     products = 0
 
@@ -117,17 +117,18 @@ def top_eigenvalue(h: Hessian, iterations: int, seed: int) -> tuple[float, float
     operator = LinearOperator((h.size, h.size), matvec=product, dtype=np.float64)
     start = np.random.default_rng(seed).standard_normal(h.size)
     basis = min(h.size, max(3, iterations))
-    try:
-        values, vectors = eigsh(
-            operator, k=1, which="LA", v0=start, ncv=basis, maxiter=iterations, tol=LANCZOS_TOL
-        )
-    except ArpackNoConvergence as error:
-        if not len(error.eigenvalues):
-            raise UserError(
-                f"Lanczos found no eigenvalue within {LANCZOS_TOL:g} in {iterations} restarts: "
-                "raise --iterations"
-            ) from None
-        values, vectors = error.eigenvalues, error.eigenvectors
+    for tol in (LANCZOS_TOL, 1e-2, 1e-1):  # a looser stop rather than nothing: the residual says how loose
+        try:
+            values, vectors = eigsh(
+                operator, k=1, which="LA", v0=start, ncv=basis, maxiter=iterations, tol=tol
+            )
+            break
+        except ArpackNoConvergence as error:
+            if len(error.eigenvalues):
+                values, vectors = error.eigenvalues, error.eigenvectors
+                break
+    else:
+        raise UserError(f"Lanczos found no eigenvalue in {iterations} restarts: raise --iterations")
     value, vector = float(values[-1]), vectors[:, -1] / np.linalg.norm(vectors[:, -1])
     residual = float(np.linalg.norm(product(vector) - value * vector))
     return value, residual, products
