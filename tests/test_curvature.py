@@ -100,6 +100,11 @@ def test_curvature_command_writes_its_file_and_sidecar(tiny_run: Path, monkeypat
     assert float(rows["top_eigenvalue"]["value"]) > 0 and rows["trace"]["images"] == "32"
     sidecar = json.loads((tiny_run / "curvature.json").read_text())
     assert sidecar["options"]["iterations"] == 10 and "environment" in sidecar
+    from experiments.report import landscape as figures
+    from experiments.report.collect import Run
+
+    table = figures.curvature_table([Run.read(tiny_run)])
+    assert table.startswith("| net |") and "resnet-8 on digits | 1 |" in table
 
 
 def test_init_weights_are_measured_apart(tiny_run: Path, monkeypatch):  # noqa: F811

@@ -222,3 +222,38 @@ def test_landscape_command_writes_its_file_and_sidecar(tiny_run, monkeypatch):
     )
     assert [row["kind"] for row in read_csv(tiny_run / "landscape.csv")] == ["slice_1d"] * 3
     assert json.loads((tiny_run / "landscape.json").read_text())["options"]["no_surface"] is True
+
+
+def test_landscape_figures_draw_the_run(tiny_run: Path, tmp_path: Path, monkeypatch):
+    from experiments.commands.landscape import main
+    from experiments.report import landscape as figures
+    from experiments.report.collect import Run
+
+    monkeypatch.chdir(tiny_run.parent)
+    assert main([str(tiny_run), "--directions", "2", "--points", "5", "--grid", "3", "--images", "32"]) == 0
+    runs = [Run.read(tiny_run)]
+    for draw, name in (
+        (figures.landscape_1d, "landscape_1d.png"),
+        (figures.landscape_2d, "landscape_2d.png"),
+    ):
+        ((_, path),) = draw(runs, tmp_path)
+        assert path == tmp_path / name and path.stat().st_size > 0
+
+
+def test_a_run_without_initial_weights_says_so(tiny_run: Path, capsys, monkeypatch):
+    from experiments.commands.landscape import main
+
+    monkeypatch.chdir(tiny_run.parent)
+    init = tiny_run / "checkpoints" / "init.ckpt"
+    aside = init.rename(tiny_run.parent / "init.ckpt.aside")
+    try:
+        capsys.readouterr()
+        assert (
+            main([str(tiny_run), "--directions", "1", "--points", "3", "--no-surface", "--images", "16"]) == 0
+        )
+        assert "no interpolation" in capsys.readouterr().out
+        assert main([str(tiny_run), "--init", "--points", "3", "--no-surface", "--images", "16"]) == 1
+        err = capsys.readouterr().err
+        assert "has no checkpoints/init.ckpt" in err and len(err.strip().splitlines()) == 1
+    finally:
+        aside.rename(init)

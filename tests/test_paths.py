@@ -131,3 +131,8 @@ def test_paths_command_writes_its_file_and_sidecar(tiny_run: Path, monkeypatch):
     assert all(float(row["grad_norm_mean"]) > 0 for row in rows)
     sidecar = json.loads((tiny_run / "paths.json").read_text())
     assert sidecar["options"]["samples"] == 2 and sidecar["precision"] == "fp64"
+    from experiments.report import landscape as figures
+    from experiments.report.collect import Run
+
+    ((_, figure),) = figures.paths([Run.read(tiny_run)], tiny_run.parent)
+    assert figure.name == "paths.png" and figure.stat().st_size > 0
