@@ -218,3 +218,50 @@ def test_report_names_each_unreadable_run_on_the_terminal(cli, workdir):
     assert result.status == 0, result.err
     named = [line for line in result.err.splitlines() if "listed as unreadable" in line]
     assert [line.split(":")[0] for line in named] == [f"runs/{name}/summary.json" for name in ("one", "two")]
+
+
+def a_run(root: Path, name: str, checkpoint: bool = True, **record: object) -> Path:
+    """A run directory as training leaves one: .hydra/, summary.json, checkpoints/last.ckpt (its bytes are
+    never read by a refusal)."""
+    from experiments.record import RunRecord, write_record
+
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("arch: {name: resnet}\n")
+    write_record(run / "summary.json", RunRecord(**{"status": "completed", "arch": "resnet", **record}))
+    if checkpoint:
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"PK not read")
+    return run
+
+
+def training_now(root: Path) -> Path:
+    import json
+    from dataclasses import asdict
+
+    from experiments.rundir import LOCK_NAME, Holder
+
+    run = a_run(root, "training", status="failed")  # what the record says until the run ends
+    (run / LOCK_NAME).write_text(json.dumps(asdict(Holder.me())))  # held by this (live) process
+    return run
+
+
+WRONG_RUNS = {
+    "training": ("lesion", training_now, "is still training (process "),
+    "failed": ("lesion", lambda root: a_run(root, "f", status="failed"), "is a train run that ended failed"),
+    "profile": ("lesion", lambda root: a_run(root, "p", command="profile"), "is a profile run that ended"),
+    "no checkpoint": ("lesion", lambda root: a_run(root, "c", checkpoint=False), "has no checkpoints/"),
+    "reuse of a resnet": (
+        "reuse",
+        lambda root: a_run(root, "r"),
+        "is a resnet: feature reuse is a DenseNet's",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_RUNS))
+def test_an_analysis_of_what_is_no_finished_run_is_refused_without_torch(case, workdir):
+    command, make, expected = WRONG_RUNS[case]
+    run = make(workdir)
+    line = refused_without_torch(workdir, command, str(run))
+    assert line.startswith(f"error: {run} ") and expected in line

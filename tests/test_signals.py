@@ -281,6 +281,6 @@ def test_probe_from_a_checkpoint_reads_its_weights_and_refuses_another_nets(digi
     other = cli("probe", "arch.depth=14", *common)
     assert other.status == 1
     assert other.error_line() == (
-        f"error: {checkpoint} does not fit resnet14: layer1.1.bn1.bias is missing "
+        f"error: ckpt_path: {checkpoint} does not fit resnet14: layer1.1.bn1.bias is missing "
         "(36 missing, 0 unexpected, 0 of another shape)"
     )

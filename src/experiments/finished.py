@@ -1,27 +1,34 @@
 """Finished runs read back: their config, their trained net, their data (lesion, reuse, probe from a
-checkpoint). Nothing here writes into a run's directory."""
+checkpoint). Nothing here writes into a run's directory. Importing this module imports no torch:
+`finished_record` tells in a moment whether a directory is a finished run at all."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from experiments.build import build_datamodule, build_model
 from experiments.errors import UserError
-from experiments.models import DenseNet, ResNet
-from experiments.models.legacy import migrate
-from experiments.models.registry import misfit
 from experiments.record import RunRecord, read_record
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from experiments.models import DenseNet, ResNet
 
 
 def load_weights(model: ResNet | DenseNet, checkpoint: Path) -> None:
     """The net's weights from a Lightning checkpoint of a run (its LightningModule holds it as `model`); a
     one-line UserError when the checkpoint is of another net."""
+    import torch
+
+    from experiments.models.legacy import migrate
+    from experiments.models.registry import misfit
+
     try:
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
     except Exception as error:
@@ -39,6 +46,33 @@ def load_weights(model: ResNet | DenseNet, checkpoint: Path) -> None:
     model.load_state_dict(state)
 
 
+def finished_record(path: Path) -> RunRecord:
+    """The record of the completed training run at `path`, holding its last checkpoint; else a one-line
+    UserError saying what the directory is instead. Reads only small files: no torch, under a second."""
+    from experiments.rundir import LOCK_NAME, Holder
+
+    lock = path / LOCK_NAME
+    try:
+        holder = Holder(**json.loads(lock.read_text()))
+    except (OSError, ValueError, TypeError):  # no lock, or one being written: the record says the rest
+        holder = None
+    if holder is not None and not holder.gone(lock):
+        raise UserError(f"{path} is still training ({holder.describe()}); wait for it to end")
+    try:
+        record = read_record(path / "summary.json")
+    except ValueError as error:
+        raise UserError(f"{path}: summary.json is unreadable ({error})") from None
+    if record is None:
+        raise UserError(f"{path} is not a finished run: it has no summary.json (still training, or killed)")
+    if record.command != "train" or record.status != "completed":
+        raise UserError(
+            f"{path} is a {record.command} run that ended {record.status}: nothing trained to read"
+        )
+    if not (path / "checkpoints" / "last.ckpt").is_file():
+        raise UserError(f"{path} has no checkpoints/last.ckpt")
+    return record
+
+
 @dataclass
 class FinishedRun:
     """A completed training run: where it is, its record and config, its net with the trained weights and
@@ -53,29 +87,19 @@ class FinishedRun:
     @classmethod
     def open(cls, path: Path) -> FinishedRun:
         """The run at `path`, or a one-line UserError saying why it cannot be read as a finished run."""
-        try:
-            record = read_record(path / "summary.json")
-        except ValueError as error:
-            raise UserError(f"{path}: summary.json is unreadable ({error})") from None
-        if record is None:
-            raise UserError(
-                f"{path} is not a finished run: it has no summary.json (still training, or killed)"
-            )
-        if record.command != "train" or record.status != "completed":
-            raise UserError(
-                f"{path} is a {record.command} run that ended {record.status}: nothing trained to read"
-            )
-        checkpoint = path / "checkpoints" / "last.ckpt"
-        if not checkpoint.is_file():
-            raise UserError(f"{path} has no checkpoints/last.ckpt")
+        from experiments.build import build_datamodule, build_model
+
+        record = finished_record(path)
         cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
         datamodule = build_datamodule(cfg)
         model = build_model(OmegaConf.merge(cfg, {"arch": {"pretrained": None}}), datamodule)
-        load_weights(model, checkpoint)
+        load_weights(model, path / "checkpoints" / "last.ckpt")
         return cls(path, record, cfg, model.eval(), datamodule)
 
     def test_batches(self, images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The test split's first `images` images (or all, where it holds fewer), in batches, on the CPU."""
+        import torch
+
         self.datamodule.prepare_data()
         self.datamodule.setup("test")
         loader = (

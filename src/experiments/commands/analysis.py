@@ -1,5 +1,5 @@
-"""What the analysis commands (lesion, reuse) share: their command line, one line per run that cannot be
-read, and a non-zero exit when any could not."""
+"""What the analysis commands (lesion, reuse, ...) share: their command line, one line per run that cannot
+be read (said before torch is imported), and a non-zero exit when any could not."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments.errors import is_user_error, message, traceback_wanted
+from experiments.errors import UserError, is_user_error, message, traceback_wanted
+from experiments.finished import finished_record
+from experiments.record import RunRecord
 from experiments.report.collect import is_run_dir
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,16 @@ def run_dirs(paths: list[Path]) -> list[Path]:
 
 
 def main_over_runs(
-    parser: argparse.ArgumentParser, args: list[str], analyse: Callable[[Path, argparse.Namespace], str]
+    parser: argparse.ArgumentParser,
+    args: list[str],
+    analyse: Callable[[Path, argparse.Namespace], str],
+    *,
+    refuse: Callable[[Path, RunRecord], str | None] = lambda run, record: None,
 ) -> int:
     """Parse `args`, call `analyse(run_dir, options)` for each run (it returns its one-line result), and
-    report each run that cannot be analysed as one line; the status is non-zero if any could not."""
+    report each run that cannot be analysed as one line; the status is non-zero if any could not. Each run
+    is first looked at without torch (a finished training run, with its checkpoint, that `refuse` does not
+    refuse: it returns why not), so a wrong directory is said in a second, not after torch's import."""
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     from experiments.tracking.noise import silence_library_noise
@@ -49,8 +57,9 @@ def main_over_runs(
     if not runs:
         print(f"error: no run directories among {', '.join(map(str, options.runs))}", file=sys.stderr)
         return 1
-    failed = 0
-    for run in runs:
+    readable = [run for run in runs if _finished(run, refuse)]
+    failed = len(runs) - len(readable)
+    for run in readable:
         try:
             log.info(analyse(run, options))
         except Exception as error:
@@ -59,3 +68,15 @@ def main_over_runs(
             print(f"error: {message(error, hydra_command=False)}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+def _finished(run: Path, refuse: Callable[[Path, RunRecord], str | None]) -> bool:
+    """Whether `run` is a finished training run this command takes; if not, says why in one line."""
+    try:
+        record = finished_record(run)
+        if reason := refuse(run, record):
+            raise UserError(reason)
+    except UserError as error:
+        print(f"error: {message(error, hydra_command=False)}", file=sys.stderr)
+        return False
+    return True
