@@ -229,7 +229,10 @@ def landscape(run_dir: Path, options: argparse.Namespace) -> str:
     log.info(f"{label}: {' + '.join(parts)} = {passes} passes over {images} images, about {cost}")
     generator = torch.Generator().manual_seed(options.seed)
     drawn = max(options.directions, 0 if options.no_surface else 2)
-    directions = [measure.filter_normalised_direction(net, generator) for _ in range(drawn)]
+    directions = [  # drawn on the CPU (the same on any machine), then kept where the net is
+        {name: d.to(device) for name, d in measure.filter_normalised_direction(net, generator).items()}
+        for _ in range(drawn)
+    ]
     rows = []
     with progress_bar(passes, label) as step:
         steps = measure.grid(options.points, options.span)
