@@ -265,3 +265,22 @@ def test_an_analysis_of_what_is_no_finished_run_is_refused_without_torch(case, w
     run = make(workdir)
     line = refused_without_torch(workdir, command, str(run))
     assert line.startswith(f"error: {run} ") and expected in line
+
+
+def test_a_checkpoint_that_cannot_be_written_is_named_with_why(tmp_path):
+    import torch
+
+    from experiments.commands.train import AtomicCheckpointIO
+    from experiments.errors import UserError
+    from tests.test_resilience import files_capped_at
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    good = {"epoch": 1, "weights": torch.ones(100_000)}  # 0.4 MB
+    AtomicCheckpointIO().save_checkpoint(good, path)
+    with files_capped_at(1_000_000), pytest.raises(UserError) as refused:
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2, "weights": torch.zeros(1_000_000)}, path)
+    assert str(refused.value) == (
+        f"could not write checkpoint {path}: file too large: this process may write files of at most "
+        "1,000,000 bytes (ulimit -f) (the last one is whole)"
+    )
+    assert torch.equal(torch.load(path)["weights"], good["weights"])

@@ -173,10 +173,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with replaced_whole(path) as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())  # on disk before it replaces the last good one
+        try:
+            with replaced_whole(path) as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())  # on disk before it replaces the last good one
+        except (OSError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and "inline_container" not in str(error):
+                raise  # not a write torch's archive writer gave up on
+            why, kept = self.why_unwritten(path, error), " (the last one is whole)" if path.exists() else ""
+            raise UserError(f"could not write checkpoint {path}: {why}{kept}") from None
+
+    @staticmethod
+    def why_unwritten(path: Path, error: OSError | RuntimeError) -> str:
+        """Why a write stopped part-way, in words: torch's archive writer reports a short write only as an
+        `unexpected pos`, so the process's file-size limit and the disk's free space are asked."""
+        import errno
+        import resource
+        import shutil
+
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return error.strerror
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            return f"file too large: this process may write files of at most {limit:,} bytes (ulimit -f)"
+        free = shutil.disk_usage(path.parent).free
+        if free < 2**26:
+            return f"no space left on the device ({free:,} bytes free)"
+        return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def _trainer(cfg: DictConfig, run_dir: Path, device: Device, callbacks: list[pl.Callback]) -> pl.Trainer:
