@@ -284,3 +284,29 @@ def test_a_checkpoint_that_cannot_be_written_is_named_with_why(tmp_path):
         "1,000,000 bytes (ulimit -f) (the last one is whole)"
     )
     assert torch.equal(torch.load(path)["weights"], good["weights"])
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist", "fashion_mnist", "svhn"])
+def test_damaged_dataset_files_are_named_and_not_downloaded_again(name, tmp_path, monkeypatch):
+    import socket
+
+    from experiments.data import TorchvisionData
+    from experiments.errors import UserError
+    from tests.test_data import WRITERS
+
+    WRITERS[name](tmp_path)  # the real layout, then every file's bytes replaced by random ones
+    rng = np.random.default_rng(0)
+    files = sorted(path for path in tmp_path.rglob("*") if path.is_file())
+    for path in files:
+        path.write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the network was tried")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    data = TorchvisionData(name, str(tmp_path), batch_size=16, val_size=10)
+    with pytest.raises(UserError) as refused:
+        data.prepare_data()
+    line = str(refused.value)
+    damaged = line.split(": ")[1].split(" is here")[0]
+    assert Path(damaged) in files and line.endswith("or put the right one there"), line

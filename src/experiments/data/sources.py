@@ -66,7 +66,8 @@ class TorchvisionData(ArrayDataModule):
             self.loaded = self.load()  # the files are here: setup splits them without reading them again
             return
         except UserError:
-            pass
+            if self._files_here():
+                raise  # damaged, not missing: downloading would not mend them
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
@@ -80,8 +81,45 @@ class TorchvisionData(ArrayDataModule):
     def load(self) -> tuple[Split, Split]:
         try:
             return _as_split(self._open(train=True)), _as_split(self._open(train=False))
-        except RuntimeError as error:  # torchvision: "Dataset not found or corrupted."
+        except Exception as error:  # torchvision: "Dataset not found or corrupted.", or a parser's error
+            if damaged := self._damaged():
+                raise UserError(
+                    f"{self.name}: {damaged} is here but unreadable (not the file torchvision knows); delete "
+                    "it to have it downloaded again, or put the right one there"
+                ) from None
             raise self._missing(error) from None
+
+    def _known_files(self) -> list[tuple[Path, str | None]]:
+        """The files a complete copy holds, with the MD5 torchvision knows them by (MNIST's unpacked files
+        have none: they are checked by reading them)."""
+        source = self.source
+        if source is datasets.SVHN:
+            return [(self.data_dir / name, md5) for _, name, md5 in source.split_list.values()]
+        if hasattr(source, "train_list"):  # CIFAR-10 and CIFAR-100
+            files = source.train_list + source.test_list
+            return [(self.data_dir / source.base_folder / name, md5) for name, md5 in files]
+        raw = self.data_dir / source.__name__ / "raw"
+        return [(raw / Path(url).stem, None) for url, _ in source.resources]
+
+    def _files_here(self) -> bool:
+        return any(path.is_file() for path, _ in self._known_files())
+
+    def _damaged(self) -> Path | None:
+        """The first of the dataset's files that is here but is not what torchvision reads."""
+        from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+        from torchvision.datasets.utils import check_integrity
+
+        for path, md5 in self._known_files():
+            if not path.is_file():
+                continue
+            if md5 is not None and not check_integrity(str(path), md5):
+                return path
+            if md5 is None:
+                try:
+                    read_sn3_pascalvincent_tensor(str(path), strict=False)
+                except Exception:
+                    return path
+        return None
 
 
 class Digits(ArrayDataModule):
