@@ -234,3 +234,75 @@ def test_optimisers_are_fused_on_a_gpu_unless_the_config_or_a_grad_scaler_says(o
     assert built(True, precision="16-true")["fused"]  # no GradScaler: nothing to unscale
     if optim == "sgd":  # an optimiser without a fused update builds as configured
         assert "fused" not in built(True, "optim._target_=torch.optim.RMSprop", "~optim.nesterov")
+
+
+def test_a_run_records_the_environment_that_computed_it(resnet_run):
+    record = RunRecord.from_json(summary(resnet_run))
+    env = record.environment
+    assert record.environments is None  # one segment
+    assert env["torch"] == str(torch.__version__) and env["threads"] == torch.get_num_threads()
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert (env["cuda"], env["cudnn"], env["driver"], env["gpu"]) == (None, None, None, None)  # a CPU run
+    assert isinstance(env["blas"], str) and isinstance(env["cpu"], str) and isinstance(env["host"], str)
+    assert env["deterministic"] is False and env["matmul_precision"] == "highest"
+    assert set(env["thread_env"]) == {"OMP_NUM_THREADS", "MKL_NUM_THREADS"}
+    assert env["commit"] is None or len(env["commit"].removesuffix("+dirty")) == 40
+
+
+def test_a_run_keeps_its_initial_weights(resnet_run):
+    """checkpoints/init.ckpt: the net before its first step, readable as last.ckpt is."""
+    from experiments.finished import load_weights
+
+    saved = create_model("resnet", depth=14, in_channels=1, image_size=8)
+    load_weights(saved, resnet_run / "checkpoints" / "init.ckpt")
+    torch.manual_seed(0)  # the run's seed: the same draws initialise the same net
+    fresh = create_model("resnet", depth=14, in_channels=1, image_size=8)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(saved.state_dict()[key], value), key
+    trained = create_model("resnet", depth=14, in_channels=1, image_size=8)
+    load_weights(trained, resnet_run / "checkpoints" / "last.ckpt")
+    assert not torch.equal(trained.state_dict()["conv1.weight"], fresh.state_dict()["conv1.weight"])
+
+
+def test_a_resumed_run_records_each_segments_environment(cli, workdir, monkeypatch):
+    base = ["train", "arch=resnet", "arch.depth=8", "dataset=digits", "logger=none"]
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the first segment "ran" on one thread
+    assert cli(*base, "trainer.max_epochs=1", "hydra.run.dir=first").status == 0
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
+    ckpt = f"ckpt_path={workdir}/first/checkpoints/last.ckpt"
+    assert cli(*base, "trainer.max_epochs=2", ckpt, "hydra.run.dir=second").status == 0
+    record = RunRecord.from_json(summary(workdir / "second"))
+    assert [env["threads"] for env in record.environments] == [1, threads + 1]
+    assert record.environment == record.environments[0]
+    assert not (workdir / "second" / "checkpoints" / "init.ckpt").exists()  # it did not start at step 0
+    resumed = torch.load(workdir / "second" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["environments"] == record.environments
+
+
+def test_deterministic_is_a_setting_that_names_no_new_run_directory(cli, workdir):
+    from experiments.rundir import config_hash
+
+    plain = compose("train", ["arch=resnet", "arch.depth=8", "dataset=digits"])
+    said = compose("train", ["arch=resnet", "arch.depth=8", "dataset=digits", "deterministic=false"])
+    asked = compose("train", ["arch=resnet", "arch.depth=8", "dataset=digits", "deterministic=true"])
+    assert config_hash(plain) == config_hash(said) != config_hash(asked)
+    run = ["train", "arch=resnet", "arch.depth=8", "dataset=digits", "logger=none", "deterministic=true"]
+    assert cli(*run, "trainer.max_epochs=1", "hydra.run.dir=a").status == 0
+    assert summary(workdir / "a")["environment"]["deterministic"] is True
+    assert cli("train", "deterministic=maybe", "dataset=digits").error_line() == (
+        "error: deterministic must be true or false, got 'maybe'"
+    )
+
+
+@pytest.mark.gpu
+def test_deterministic_runs_repeat_bit_for_bit_on_a_gpu(cli, workdir):
+    """The same command twice on one GPU with deterministic=true: the same metrics.csv, byte for byte (cuDNN's
+    autotuner off, deterministic kernels, eager steps)."""
+    run = ["train", "arch=resnet", "arch.depth=20", "dataset=digits", "logger=none", "trainer=gpu"]
+    for where in ("a", "b"):
+        assert cli(*run, "deterministic=true", "trainer.max_epochs=2", f"hydra.run.dir={where}").status == 0
+    assert (workdir / "a" / "metrics.csv").read_text() == (workdir / "b" / "metrics.csv").read_text()
+    record = summary(workdir / "a")
+    assert record["environment"]["deterministic"] is True and record["environment"]["cudnn_benchmark"] is False
+    assert record["cuda_graph_steps"] == 0

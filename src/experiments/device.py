@@ -64,8 +64,8 @@ def compile_options(setting: Any) -> dict[str, str] | None:
 
 def prepare_model(cfg: DictConfig, model: nn.Module, device: Device) -> nn.Module:
     """`model` laid out and compiled for `device` (the project's path and the speed bench's raw loops)."""
-    if device.cuda:
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
+    if device.cuda:  # fixed input shapes: pick the fastest conv kernels once (not the same ones every run)
+        torch.backends.cudnn.benchmark = not cfg.get("deterministic", False)
     if device.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if (options := compile_options(cfg.compile)) is not None:
@@ -109,6 +109,11 @@ def _cuda_graph_obstacle(cfg: DictConfig, device: Device) -> str | None:
     trainer = cfg.trainer
     if not device.cuda:
         return "needs a CUDA GPU; on a CPU leave it false"
+    if cfg.get("deterministic"):
+        return (
+            "cannot go with deterministic=true: graph replays are not checked to repeat bit for bit, so "
+            "deterministic runs step eagerly"
+        )
     if cfg.compile in ("reduce-overhead", "max-autotune"):
         return (
             f"records the whole step as a graph; compile={cfg.compile} records graphs of its own: use "

@@ -70,6 +70,10 @@ class RunRecord:
     data: str | None = None  # probe: real or random, what the batch was
     packed_with: list[str] | None = None  # runs trained beside this one on the same GPU
     wall_time_s: float | None = None
+    # what computed it (experiments.environment: versions, CPU, threads, numerical flags, GPU); of the first
+    # segment where a run was resumed
+    environment: dict[str, Any] | None = None
+    environments: list[dict[str, Any]] | None = None  # a resumed run's, one per segment, the first first
     comet: dict[str, Any] = field(default_factory=lambda: {"mode": "disabled"})  # mode, url or archive
     error: str | None = None  # why it did not complete, in one line
 
@@ -84,6 +88,11 @@ class RunRecord:
             if key not in self.__dataclass_fields__:
                 raise KeyError(f"RunRecord has no field {key!r}")
             setattr(self, key, value)
+
+    @property
+    def segments(self) -> list[dict[str, Any] | None]:
+        """The environment of each segment of the run (one unless it was resumed)."""
+        return self.environments or [self.environment]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

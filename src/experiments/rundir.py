@@ -39,6 +39,7 @@ HASH_NEUTRAL: dict[str, Any] = {
     "arch.freeze": "none",
     "measure.signals_every": "auto",
     "schedule.warmup_until_train_error": None,
+    "deterministic": False,
 }
 
 

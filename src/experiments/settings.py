@@ -135,6 +135,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"false, true or a torch.compile mode ({', '.join(COMPILE_MODES)})",
     ),
     "cuda_graph": (_AUTO_BOOL, "auto, true or false"),
+    "deterministic": (_BOOL, "true or false"),
     "precision": (lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "channels_last": (_AUTO_BOOL, "auto, true or false"),
     "ckpt_path": (_optional(lambda v: isinstance(v, str) and v != ""), "null or the path of a checkpoint"),

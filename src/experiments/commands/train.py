@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from experiments import distributed
 from experiments.build import build_datamodule, build_model, build_module, build_trainer, new_record
 from experiments.device import Device, cluster_plugins, resolve_device
+from experiments.environment import environment
 from experiments.errors import RunFailed, UserError, describe, traceback_wanted
 from experiments.measure.cost import TrainingCost
 from experiments.measure.param_grads import PREFIX as PARAM_GRAD_PREFIX
@@ -47,6 +48,8 @@ def train(
     `sweep` is the multirun directory it belongs to; `packed_with`, the runs it shares a process with."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)  # called directly (benchmarks), not through app
+    if cfg.get("deterministic"):  # cuBLAS reads it when CUDA starts: before anything touches the GPU
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     with BUILDING:  # the global random generator initialises the net: one run at a time draws from it
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         device = resolve_device(cfg)
@@ -54,6 +57,8 @@ def train(
         model = build_model(cfg, datamodule)
     record = new_record("train", cfg, model, datamodule, device, sweep, packed_with)
     resume = Resume.find(cfg, run_dir)
+    if resume.path is None and rank_zero_only.rank == 0:
+        save_initial_weights(model, run_dir / "checkpoints" / "init.ckpt")
     instruments = Instruments.build(cfg, run_dir, shared_process=bool(packed_with))
     module = build_module(cfg, model, device, eager_steps=instruments.is_signal_step)
     epochs = EpochRecord(
@@ -62,7 +67,9 @@ def train(
         sources=[lambda: module.epoch_metrics("train"), *instruments.epoch_sources],
         prefix=f"{record.label}: " if packed_with else "",
     )
-    trainer = _trainer(cfg, run_dir, device, [epochs, *instruments.callbacks])
+    segments = Segments(resume.environments)
+    trainer = _trainer(cfg, run_dir, device, [epochs, *instruments.callbacks, segments])
+    segments.begin(record)  # once the Trainer has set the numerical flags (deterministic, cuDNN's autotuner)
     tracker = _start_tracking(cfg, run_dir, record, resume) if rank_zero_only.rank == 0 else None
     trainer.loggers = _loggers(cfg, run_dir, tracker, resume)
     outcome = fit_and_test(trainer, module, datamodule, resume.path, cfg, run_dir)
@@ -148,6 +155,7 @@ class Resume:
     path: Path | None = None
     epoch: int | None = None  # the epoch the checkpoint ended
     step: int = -1  # its global step
+    environments: list[dict[str, Any]] = field(default_factory=list)  # of the segments that wrote it
 
     @classmethod
     def find(cls, cfg: DictConfig, run_dir: Path) -> Resume:
@@ -157,12 +165,47 @@ class Resume:
             return cls()
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-            return cls(path, int(checkpoint["epoch"]), int(checkpoint["global_step"]))
+            segments = checkpoint.get(Segments.KEY) or []
+            return cls(path, int(checkpoint["epoch"]), int(checkpoint["global_step"]), list(segments))
         except Exception as error:
             raise UserError(
                 f"checkpoint {path} is unreadable or not a Lightning checkpoint ({type(error).__name__}); "
                 "delete it to start afresh or pass another ckpt_path"
             ) from None
+
+
+class Segments(pl.Callback):
+    """The environment of each segment of a run (one, unless it was resumed): carried in its checkpoints, so
+    that a job requeued onto another node still says where its first epochs ran."""
+
+    KEY = "environments"
+
+    def __init__(self, earlier: list[dict[str, Any]]) -> None:
+        self.environments = list(earlier)
+
+    def begin(self, record: RunRecord) -> None:
+        """This segment's environment into the record: `environment` the first, `environments` all of them
+        where there are several."""
+        self.environments.append(environment())
+        record.environment = self.environments[0]
+        record.environments = self.environments if len(self.environments) > 1 else None
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        checkpoint[self.KEY] = self.environments
+
+
+def save_initial_weights(model: torch.nn.Module, path: Path) -> None:
+    """checkpoints/init.ckpt: the net's parameters and buffers before its first step, as last.ckpt holds
+    them (`state_dict`, keys under `model.`), for the analyses that compare a run's start with its end.
+    Written once: a resumed run keeps the one its first segment wrote."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"model.{key}": value.detach().clone() for key, value in model.state_dict().items()}
+    with replaced_whole(path) as file:
+        torch.save({"state_dict": state, "global_step": 0, "epoch": 0}, file)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -218,6 +261,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, device: Device, callbacks: list[pl.
         default_root_dir=run_dir,
         callbacks=[*callbacks, checkpoint, *([RichProgressBar()] if tty else [])],
         precision=device.precision,
+        deterministic=bool(cfg.get("deterministic", False)),  # always said: the flag is process-wide
         enable_checkpointing=True,
         enable_progress_bar=tty,
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],

@@ -26,6 +26,7 @@ PARAMETERS = {
     "memory_efficient": "true where parts are recomputed in backward",
     "precision": "32-true, bf16-mixed, ...",
     "sweep": "the sweep directory (runs of a sweep only)",
+    "environment.<key>": "what computed the run: each key of its environment (torch, cpu, threads, ...)",
 }
 # single values logged at the end of every run (every other number of summary.json too, under its name)
 FINAL_METRICS = {
@@ -58,7 +59,8 @@ Curve = tuple[list[float], list[float]]
 
 
 def run_parameters(record: RunRecord) -> dict[str, Any]:
-    """PARAMETERS of a run, from its record (`sweep` only for a run of a sweep)."""
+    """PARAMETERS of a run, from its record (`sweep` only for a run of a sweep; `environment.<key>` for each
+    key of the environment its first segment ran in)."""
     values = {
         "family": record.arch,
         "depth": record.depth,
@@ -68,6 +70,7 @@ def run_parameters(record: RunRecord) -> dict[str, Any]:
         "precision": record.precision,
         "sweep": record.sweep,
     }
+    values.update({f"environment.{key}": value for key, value in (record.environment or {}).items()})
     return {key: value for key, value in values.items() if value is not None}
 
 

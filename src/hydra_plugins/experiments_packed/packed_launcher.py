@@ -54,6 +54,7 @@ class PackedLauncher(Launcher):
             self._job_config(initial_job_idx + i, overrides) for i, overrides in enumerate(job_overrides)
         ]
         names = tuple(Path(c.hydra.runtime.output_dir).name for c in configs)
+        _refuse_deterministic_on_gpu(configs)
         configure_log(self.config.hydra.job_logging, self.config.hydra.verbose)  # the runs' console lines
         with ThreadPoolExecutor(self.runs_at_once, thread_name_prefix="packed-run") as pool:
             returns = list(pool.map(lambda c: self._run(c, names), configs))
@@ -89,6 +90,20 @@ class PackedLauncher(Launcher):
         except Exception as error:
             result.return_value, result.status = error, JobStatus.FAILED
         return result
+
+
+def _refuse_deterministic_on_gpu(configs: list[DictConfig]) -> None:
+    """Runs packed on one GPU overlap their kernels on several streams; bit-for-bit repeats are promised for
+    one run a process only (deterministic=true with the basic launcher)."""
+    import torch
+
+    if torch.cuda.is_available() and any(c.get("deterministic") for c in configs):
+        from experiments.sweep import SweepRefused
+
+        raise SweepRefused(
+            "deterministic=true trains one run a process on a GPU: hydra/launcher=packed overlaps runs on "
+            "one GPU's streams; use the basic launcher"
+        )
 
 
 def _own_stream() -> Any:
