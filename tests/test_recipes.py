@@ -106,7 +106,7 @@ def test_a_paper_number_reaches_the_record_and_the_report_for_every_matching_run
     assert cli("report", "sweep", "--out", "report", "--logger", "none").status == 0
     rows = {r["arch"] + r["depth"]: r for r in read(workdir / "report" / "runs.csv")}
     assert rows["resnet20"]["paper_test_error"] == "0.0875" and rows["plain20"]["paper_test_error"] == ""
-    assert "| resnet-20 on cifar10 | 1 |" in (workdir / "report" / "report.md").read_text()
+    assert "| resnet-20 on cifar10 | 0 | " in (workdir / "report" / "report.md").read_text()  # its seeds
 
 
 def test_a_net_gets_the_paper_number_of_what_it_is_not_of_how_it_was_spelt():
@@ -128,12 +128,14 @@ def test_seeds_are_taken_together_and_differences_tested(cli, workdir):
     assert set(aggregate) == {"plain", "resnet"}
     for arch, row in aggregate.items():
         errors = [summary(r)["test_error"] for r in run_dirs(sweep) if summary(r)["arch"] == arch]
-        assert (row["n"], row["seeds"]) == ("3", "0;1;2")
+        assert (row["n"], row["seeds"], row["repeats"]) == ("3", "0;1;2", "0")
         assert float(row["test_error_mean"]) == pytest.approx(sum(errors) / 3)
         assert float(row["test_error_std"]) == pytest.approx(torch.tensor(errors).std().item(), rel=1e-4)
     report = (workdir / "report" / "report.md").read_text()
-    assert "## Over seeds" in report and "| plain-8 on digits (n=3) | resnet-8 on digits (n=3) |" in report
-    assert "at the 5% level (p = " in report
+    assert "## Over seeds" in report
+    for metric in ("training error", "test error"):
+        assert f"| plain-8 on digits (n=3) | resnet-8 on digits (n=3) | {metric} |" in report
+    assert "(p = " in report
 
 
 def write_images(root: Path, classes: dict[str, list[str]], size: int = 40, per_class: int = 4) -> None:

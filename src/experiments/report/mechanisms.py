@@ -3,62 +3,130 @@ each block learns, what deleting blocks does (lesion.csv), what DenseNet layers 
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from experiments.report.aggregate import config_key, differences
 from experiments.report.collect import Run
-from experiments.report.style import LINESTYLES, Figure, depth_colors, error_bar, legend_outside, plt, save
+from experiments.report.style import (
+    LINESTYLES,
+    Figure,
+    collapsed,
+    depth_colors,
+    error_bar,
+    plt,
+    save,
+)
 
 
-def _series(run: Run, quantity: str, step: float) -> tuple[list[float], list[float]]:
-    """(block index, value) of `quantity` at `step` of a run's signals.csv."""
-    points = sorted(
-        (r["index"], r["value"]) for r in run.signals if r["quantity"] == quantity and r["step"] == step
-    )
-    return [i for i, _ in points], [v for _, v in points]
+def log_band(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of positive `values` in log space: the geometric mean and the geometric standard
+    deviation on either side (values that span 1e-18 to 1e5 have no meaningful arithmetic mean)."""
+    logs = [math.log10(v) for v in values]
+    mean = statistics.mean(logs)
+    spread = statistics.stdev(logs) if len(logs) > 1 else 0.0
+    return 10**mean, 10 ** (mean - spread), 10 ** (mean + spread)
 
 
-def _label(run: Run) -> str:
-    return run.label + (" (probe)" if run.command == "probe" else "")
+@dataclass
+class Config:
+    """The runs of one config and command over their seeds (each seed once), as one line of a figure."""
+
+    runs: list[Run]
+    detail: str = ""  # what sets it apart from other configs of the same net (`optim.lr=0.1`), where any
+
+    @property
+    def label(self) -> str:
+        first = self.runs[0]
+        detail = f", {self.detail}" if self.detail else ""
+        return (
+            first.label + detail + (" (probe)" if first.command == "probe" else "") + f" (n={len(self.runs)})"
+        )
+
+    @property
+    def net(self) -> tuple[str, str]:
+        return self.runs[0].label, self.runs[0].dataset
+
+
+def by_config(runs: list[Run]) -> list[Config]:
+    """`runs` grouped by config and command, each seed once, in the runs' order."""
+    found: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        same = found.setdefault((config_key(run), run.command), [])
+        if run.get("seed") not in [r.get("seed") for r in same]:
+            same.append(run)
+    details = differences([group[0] for (_, command), group in found.items() if command == "train"])
+    return [Config(group, details.get(id(group[0]), "")) for group in found.values()]
+
+
+def signal_over_seeds(
+    runs: list[Run], quantity: str, step: float | None
+) -> dict[float, tuple[float, float, float, int]]:
+    """block index -> (mean, low, high, n) of `quantity` over the runs' seeds in log space, at `step` (None:
+    each run's last signal step, the same step for runs of one config); non-positive values left out."""
+    by_index: dict[float, list[float]] = defaultdict(list)
+    for run in runs:
+        at = step if step is not None else max(row["step"] for row in run.signals)
+        for row in run.signals:
+            if row["quantity"] == quantity and row["step"] == at and row["value"] > 0:
+                by_index[row["index"]].append(row["value"])
+    return {index: (*log_band(values), len(values)) for index, values in sorted(by_index.items())}
+
+
+def moments(configs: list[Config]) -> list[tuple[str, float | None, list[Config]]]:
+    """The panels' moments and the configs each shows: initialisation (a probe only where no training run
+    of the same net has its step 0: one line a net), then the last measured step of the training runs."""
+    trained = [c for c in configs if c.runs[0].command != "probe"]
+    nets_trained = {c.net for c in trained}
+    at_init = trained + [c for c in configs if c.runs[0].command == "probe" and c.net not in nets_trained]
+    found = [("at initialisation (step 0)", 0.0, at_init)]
+    if any(row["step"] > 0 for c in trained for row in c.runs[0].signals):
+        found.append(("at the last measured step", None, trained))
+    return found
 
 
 def _by_block_figure(
     runs: list[Run], quantities: list[tuple[str, str]], out: Path, name: str, title: str
 ) -> Figure:
-    """One panel per quantity and moment (initialisation, the last signal step): each run a line of the
-    quantity against block index, plain nets dashed, residual nets solid, a colour per depth."""
-    runs = [r for r in runs if r.signals]
-    if not runs:
+    """One panel per quantity and moment (initialisation, the last signal step): each config a line of the
+    quantity against block index, its geometric mean over seeds with a band of one geometric s.d., plain
+    nets dashed, residual nets solid, a colour per depth."""
+    configs = by_config([r for r in runs if r.signals])
+    if not configs:
         return None
     colors = depth_colors(runs)
-    last = {id(r): max(row["step"] for row in r.signals) for r in runs}
-    moments = [("at initialisation (step 0)", lambda r: 0.0)]
-    if any(step > 0 for step in last.values()):
-        moments.append(("at the last measured step", lambda r: last[id(r)]))
+    panels = moments(configs)
     fig, axes = plt.subplots(
         len(quantities),
-        len(moments),
-        figsize=(6.2 * len(moments), max(4.4, 3.6 * len(quantities))),
+        len(panels),
+        figsize=(6.2 * len(panels), max(4.4, 3.6 * len(quantities))),
         squeeze=False,
     )
     for row, (quantity, ylabel) in enumerate(quantities):
-        for col, (moment, step_of) in enumerate(moments):
+        for col, (moment, step, shown) in enumerate(panels):
             ax = axes[row][col]
-            for run in runs:
-                if col and last[id(run)] == 0:
-                    continue  # a probe has the initialisation only
-                xs, ys = _series(run, quantity, step_of(run))
-                ax.plot(xs, ys, LINESTYLES.get(run.arch, ":"), color=colors[run.depth], label=_label(run))
+            for config in shown:
+                series = signal_over_seeds(config.runs, quantity, step)
+                if not series:
+                    continue
+                xs = list(series)
+                mean, low, high, _ = zip(*series.values(), strict=True)
+                style = {"color": colors[config.runs[0].depth]}
+                ax.plot(xs, mean, LINESTYLES.get(config.runs[0].arch, ":"), label=config.label, **style)
+                if len(config.runs) > 1:
+                    ax.fill_between(xs, low, high, alpha=0.15, linewidth=0, **style)
             ax.set(yscale="log", xlabel="block index (0: the stem's output)", ylabel=ylabel, title=moment)
             ax.grid(alpha=0.3, which="both")
-    handles, labels = axes[0][0].get_legend_handles_labels()  # every run is in the first panel
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=8)
-    fig.suptitle(title)
+    handles, labels = axes[0][0].get_legend_handles_labels()  # every net is in the first panel
+    fig.legend(*collapsed(handles, labels), loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=8)
+    fig.suptitle(f"{title}\ngeometric mean over seeds, band: one geometric s.d.; n: seeds")
     family = "DenseNets" if name.endswith("_densenet") else "ResNets and plain nets"
     return (f"{title.split(':')[0]}, {family}", save(fig, out / f"{name}.png"))
 
@@ -92,56 +160,121 @@ def update_ratio(runs: list[Run], out: Path) -> list[Figure]:
     ] or [None]
 
 
-def _intact(run: Run) -> float:
+# A seed whose net ended with a test error above this did not train: deleting its blocks says nothing
+# of how a trained net depends on them (a lesion of a net at 70% error), so it is flagged and left out.
+UNTRAINED_ERROR = 0.5
+
+
+def intact_error(run: Run) -> float:
     return next(r["test_error"] for r in run.lesion if r["kind"] == "intact")
 
 
-def lesion(runs: list[Run], out: Path) -> list[Figure]:
-    """Test error with one block deleted, against the block; and with k random blocks deleted, against k
-    (mean and s.d. over the draws): residual nets degrade gently, plain nets fall to chance."""
-    runs = [r for r in runs if r.lesion]
-    if not runs:
-        return [None]
-    colors = depth_colors(runs)
-    fig, (single, several) = plt.subplots(1, 2, figsize=(12.5, 4.3))
-    for run in runs:
-        style = {"color": colors[run.depth], "linestyle": LINESTYLES.get(run.arch, ":")}
-        points = [
-            (int(r["blocks"]), r["test_error"])
-            for r in run.lesion
-            if r["kind"] == "single" and "test_error" in r
-        ]
-        if points:
-            single.plot(*zip(*points, strict=True), marker="o", markersize=3, label=run.label, **style)
-        single.axhline(_intact(run), alpha=0.4, linewidth=0.8, **style)
-        by_k: dict[float, list[float]] = defaultdict(list)
-        for r in run.lesion:
-            if r["kind"] == "random" and "test_error" in r:
-                by_k[r["k"]].append(r["test_error"])
-        if by_k:
-            ks = sorted(by_k)
-            several.errorbar(
-                ks,
-                [statistics.mean(by_k[k]) for k in ks],
-                yerr=[error_bar(by_k[k]) for k in ks],
-                capsize=2,
-                marker="o",
-                markersize=3,
-                label=run.label,
-                **style,
+@dataclass
+class LesionSummary:
+    """One config's lesions over its seeds: each seed's intact error, the rise one deleted block causes."""
+
+    config: Config
+    intact: list[float]  # per seed
+    mean_rise: list[float]  # per trained seed: the mean over blocks of (error with it deleted - intact)
+    largest_rise: list[float]  # per trained seed
+
+    @property
+    def untrained(self) -> list[Run]:
+        return [run for run in self.config.runs if intact_error(run) > UNTRAINED_ERROR]
+
+
+def lesion_summaries(runs: list[Run]) -> list[LesionSummary]:
+    summaries = []
+    for config in by_config([r for r in runs if r.lesion]):
+        rises = []
+        for run in config.runs:
+            if intact_error(run) <= UNTRAINED_ERROR:
+                singles = [r["test_error"] for r in run.lesion if r["kind"] == "single" and "test_error" in r]
+                rises.append([e - intact_error(run) for e in singles] or [0.0])
+        summaries.append(
+            LesionSummary(
+                config,
+                [intact_error(run) for run in config.runs],
+                [statistics.mean(r) for r in rises],
+                [max(r) for r in rises],
             )
+        )
+    return summaries
+
+
+def _mean_by(runs: list[Run], kind: str, x: str) -> dict[float, list[float]]:
+    """`x` (a deleted block's index, or k) -> each run's mean test error there (over its draws)."""
+    found: dict[float, list[float]] = defaultdict(list)
+    for run in runs:
+        per_run: dict[float, list[float]] = defaultdict(list)
+        for r in run.lesion:
+            if r["kind"] == kind and "test_error" in r:
+                per_run[float(r["blocks"]) if x == "blocks" else r["k"]].append(r["test_error"])
+        for key, errors in per_run.items():
+            found[key].append(statistics.mean(errors))
+    return dict(sorted(found.items()))
+
+
+def _lesion_line(ax: plt.Axes, by_x: dict[float, list[float]], label: str, style: dict) -> None:
+    xs = list(by_x)
+    means = [statistics.mean(v) for v in by_x.values()]
+    ax.errorbar(
+        xs,
+        means,
+        yerr=[error_bar(v) for v in by_x.values()],
+        capsize=2,
+        marker="o",
+        markersize=3,
+        label=label,
+        **style,
+    )
+
+
+def lesion(runs: list[Run], out: Path) -> list[Figure]:
+    """Test error with one block deleted, against the block; and with k random blocks deleted, against k:
+    for each config the mean over its trained seeds (error bars: their s.d.), each seed's intact error a
+    thin line; seeds that did not train are named and left out. Residual nets degrade gently, plain nets
+    fall to chance."""
+    summaries = lesion_summaries(runs)
+    if not summaries:
+        return [None]
+    colors = depth_colors([run for s in summaries for run in s.config.runs])
+    fig, (single, several) = plt.subplots(1, 2, figsize=(12.5, 4.3))
+    for summary in summaries:
+        first = summary.config.runs[0]
+        style = {"color": colors[first.depth], "linestyle": LINESTYLES.get(first.arch, ":")}
+        trained = [run for run in summary.config.runs if run not in summary.untrained]
+        label = f"{first.label} (n={len(trained)})"
+        if summary.untrained:
+            shown = ", ".join(f"{100 * intact_error(r):.0f}%" for r in summary.untrained)
+            label += f"; {len(summary.untrained)} did not train (intact {shown}): left out"
+        for run in summary.config.runs:
+            single.axhline(intact_error(run), alpha=0.35, linewidth=0.7, **style)
+        if trained:
+            _lesion_line(single, _mean_by(trained, "single", "blocks"), label, style)
+            _lesion_line(several, _mean_by(trained, "random", "k"), label, style)
+        else:
+            single.plot([], [], label=label, **style)
     single.set(
         xlabel="deleted block (index as in signals.csv)",
         ylabel="test error",
-        title="One block deleted (thin line: intact)",
+        title="One block deleted (thin lines: each seed intact)",
     )
     several.set(xlabel="blocks deleted at random (k)", ylabel="test error", title="k random blocks deleted")
     for ax in (single, several):
         ax.set_ylim(0, 1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    legend_outside(several)
-    fig.suptitle("Lesion study (Veit et al. 2016): test error with blocks deleted at test time")
+    fig.legend(
+        *collapsed(*single.get_legend_handles_labels()),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=2,
+        fontsize=8,
+    )
+    fig.suptitle(
+        "Lesion study (Veit et al. 2016): test error with blocks deleted at test time, mean over seeds"
+    )
     return [("Lesion study", save(fig, out / "lesion.png"))]
 
 

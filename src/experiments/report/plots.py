@@ -14,7 +14,16 @@ import matplotlib.ticker
 
 from experiments.report import mechanisms
 from experiments.report.collect import Run
-from experiments.report.style import LINESTYLES, Figure, depth_colors, error_bar, legend_outside, plt, save
+from experiments.report.style import (
+    LINESTYLES,
+    Figure,
+    collapsed,
+    depth_colors,
+    error_bar,
+    legend_outside,
+    plt,
+    save,
+)
 
 
 def _completed_training(runs: list[Run]) -> list[Run]:
@@ -29,7 +38,8 @@ def exponent(depths: list[int], values: list[float]) -> float:
 
 
 def training_error(runs: list[Run], out: Path) -> list[Figure]:
-    """Training error against epoch per depth, plain dashed and residual solid: one figure per dataset."""
+    """Training error against epoch, a line per config (the mean over its seeds, a band of one s.d.), plain
+    dashed and residual solid: one figure per dataset."""
     figures: list[Figure] = []
     by_dataset: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
@@ -38,21 +48,32 @@ def training_error(runs: list[Run], out: Path) -> list[Figure]:
     for dataset, group in sorted(by_dataset.items()):
         colors = depth_colors(group)
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for run in group:
-            errors = run.train_errors
+        for config in mechanisms.by_config(group):
+            epochs = min(len(run.train_errors) for run in config.runs)  # the epochs every seed reached
+            per_epoch = [[100 * run.train_errors[e] for run in config.runs] for e in range(epochs)]
+            means = [statistics.mean(values) for values in per_epoch]
+            first = config.runs[0]
+            style = {"color": colors[first.depth]}
             ax.plot(
-                range(1, len(errors) + 1),
-                [100 * e for e in errors],
-                LINESTYLES.get(run.arch, ":"),
-                color=colors[run.depth],
+                range(1, epochs + 1),
+                means,
+                LINESTYLES.get(first.arch, ":"),
                 marker="o",
                 markersize=3,
-                label=run.label,
+                label=config.label,
+                **style,
             )
+            if len(config.runs) > 1:
+                spread = [error_bar(values) for values in per_epoch]
+                low = [m - s for m, s in zip(means, spread, strict=True)]
+                high = [m + s for m, s in zip(means, spread, strict=True)]
+                ax.fill_between(range(1, epochs + 1), low, high, alpha=0.15, linewidth=0, **style)
         ax.set(xlabel="epoch", ylabel="training error (%)", ylim=(0, None))
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_title(f"Training error on {dataset}: plain (dashed) vs residual (solid)")
-        ax.legend(ncol=2)
+        ax.set_title(
+            f"Training error on {dataset}: plain (dashed) vs residual (solid); mean and s.d. over seeds"
+        )
+        ax.legend(*collapsed(*ax.get_legend_handles_labels()), ncol=2)
         ax.grid(alpha=0.3)
         figures.append((f"Training error on {dataset}", save(fig, out / f"training_error_{dataset}.png")))
     return figures

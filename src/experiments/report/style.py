@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import statistics
+import warnings
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 
 from experiments.report.collect import Run
 
@@ -17,15 +20,30 @@ LINESTYLES = {"plain": "--", "resnet": "-"}  # He et al. Fig. 1 and 6: plain das
 Figure = tuple[str, Path] | None  # (title, PNG written), or None when the runs hold nothing to draw
 
 
+MAX_LEGEND = 24  # entries a legend shows; past them it names how many more (runs.csv lists every run)
+
+
 def save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
+    with warnings.catch_warnings():  # a figure too crowded to lay out is saved as it is, without a word
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")  # legends outside the axes stay in the picture
     plt.close(fig)
     return path
 
 
 def legend_outside(ax: plt.Axes) -> None:
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    ax.legend(*collapsed(*ax.get_legend_handles_labels()), loc="upper left", bbox_to_anchor=(1.02, 1))
+
+
+def collapsed(handles: list[Any], labels: list[str]) -> tuple[list[Any], list[str]]:
+    """One legend entry per label, at most MAX_LEGEND of them, then one saying how many more there are."""
+    unique = dict(zip(labels, handles, strict=True))
+    if len(unique) <= MAX_LEGEND:
+        return list(unique.values()), list(unique)
+    shown = list(unique)[: MAX_LEGEND - 1]
+    more = f"... {len(unique) - len(shown)} more (runs.csv)"
+    return [unique[label] for label in shown] + [Line2D([], [], linestyle="")], [*shown, more]
 
 
 def depth_colors(runs: list[Run]) -> dict[int, str]:

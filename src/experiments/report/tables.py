@@ -8,7 +8,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from experiments.report import aggregate
+from scipy import stats
+
+from experiments import environment
+from experiments.report import aggregate, mechanisms
 from experiments.report.collect import Run
 
 
@@ -81,23 +84,40 @@ def markdown_table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def _mean_sd(values: list[float]) -> str:
+def mean_interval(values: list[float]) -> tuple[float, float] | None:
+    """The 95% confidence interval of the mean of `values` (Student's t), or None for fewer than two."""
+    if len(values) < 2:
+        return None
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    mean = statistics.mean(values)
+    return mean - half, mean + half
+
+
+def mean_sd(values: list[float]) -> str:
+    """`12.30 +- 1.20% (n=3; 95% interval 9.32 to 15.28%)`: a statistic over seeds, as figures are given."""
     if not values:
         return "-"
-    mean = 100 * sum(values) / len(values)
-    return f"{mean:.2f}%" if len(values) < 2 else f"{mean:.2f} +- {100 * statistics.stdev(values):.2f}%"
+    mean = 100 * statistics.mean(values)
+    if len(values) < 2:
+        return f"{mean:.2f}% (n=1)"
+    low, high = mean_interval(values)
+    spread = f"{mean:.2f} +- {100 * statistics.stdev(values):.2f}%"
+    return f"{spread} (n={len(values)}; 95% interval {100 * low:.2f} to {100 * high:.2f}%)"
 
 
 def seeds_section(groups: list[aggregate.Group]) -> str:
     """Each config's errors over its seeds, beside the paper's test error and the difference."""
     lines = [
-        "| config | n | train error | test error | paper's test error | difference |",
+        "| config | seeds | train error | test error | paper's test error | difference |",
         "|---|---|---|---|---|---|",
     ]
     for group in groups:
         test, paper = group.values("test_error"), group.paper
         difference = f"{100 * (sum(test) / len(test) - paper):+.2f} points" if test and paper else "-"
-        cells = [group.label, str(len(group.runs)), _mean_sd(group.values("train_error")), _mean_sd(test)]
+        seeds = ", ".join(map(str, group.seeds)) + (
+            f" ({group.repeats} repeats not counted)" if group.repeats else ""
+        )
+        cells = [group.label, seeds, mean_sd(group.values("train_error")), mean_sd(test)]
         lines.append(
             "| " + " | ".join([*cells, "-" if paper is None else _percent(paper), difference]) + " |"
         )
@@ -105,14 +125,47 @@ def seeds_section(groups: list[aggregate.Group]) -> str:
 
 
 def comparisons_section(comparisons: list[aggregate.Comparison]) -> str:
+    """One row per verdict: the two configs, the metric, the difference of the means and its interval."""
     lines = [
-        "| plain | residual | difference in test error (plain - residual) | 95% interval | verdict |",
-        "|---|---|---|---|---|",
+        "| a | b | metric | a - b | 95% interval | verdict |",
+        "|---|---|---|---|---|---|",
     ]
     for c in comparisons:
         interval = "-" if c.low is None else f"{100 * c.low:+.2f} to {100 * c.high:+.2f} points"
+        mixed = " (runs of different environments)" if c.mixed_environments else ""
         pair = f"| {c.a.label} (n={len(c.a.runs)}) | {c.b.label} (n={len(c.b.runs)}) "
-        lines.append(f"{pair}| {100 * c.difference:+.2f} points | {interval} | {c.verdict} |")
+        metric = aggregate.METRICS[c.metric]
+        lines.append(
+            f"{pair}| {metric} | {100 * c.difference:+.2f} points | {interval} | {c.verdict}{mixed} |"
+        )
+    return "\n".join(lines)
+
+
+def environments_section(runs: list[Run]) -> str:
+    """The distinct environments the runs were computed in, and how many runs each."""
+    found: dict[tuple, list[Run]] = {}
+    for run in runs:
+        found.setdefault(environment.numerical(run.get("environment")), []).append(run)
+    lines = []
+    for i, same in enumerate(found.values(), 1):
+        hosts = sorted({str((run.get("environment") or {}).get("host")) for run in same})
+        lines.append(
+            f"- E{i}: {environment.describe(same[0].get('environment'))}; {len(same)} runs "
+            f"(host{'s' if len(hosts) > 1 else ''} {', '.join(hosts)})"
+        )
+    return "\n".join(lines)
+
+
+def disagreements_section(disagreements: list[aggregate.Disagreement]) -> str:
+    lines = [
+        "| config | environments | seeds run in both | train error gap: median | largest |",
+        "|---|---|---|---|---|",
+    ]
+    for d in disagreements:
+        lines.append(
+            f"| {d.a.first.label} on {d.a.first.dataset} | {d.a.tag}, {d.b.tag} | {len(d.seeds)} "
+            f"| {100 * statistics.median(d.gaps):.2f} points | {100 * max(d.gaps):.2f} points |"
+        )
     return "\n".join(lines)
 
 
@@ -131,21 +184,7 @@ def write_markdown(
         "timed steps.",
         markdown_table(runs),
     ]
-    groups = aggregate.groups(runs)
-    if groups:
-        parts += [
-            "## Over seeds",
-            "Mean +- standard deviation over the runs of each config that differ only in their seed "
-            "(aggregate.csv).",
-            seeds_section(groups),
-        ]
-    if comparisons := aggregate.plain_vs_residual(groups):
-        parts += [
-            "## Plain against residual: is the difference real?",
-            "Welch's t-test on the per-seed test errors of each pair of configs the error-against-depth "
-            "figure compares.",
-            comparisons_section(comparisons),
-        ]
+    parts += verdict_parts(runs) + mechanism_parts(runs)
     not_completed = [run for run in runs if run.status != "completed"]
     if not_completed:
         parts.append("## Runs that did not complete")
@@ -160,3 +199,105 @@ def write_markdown(
     if missing:
         parts.append("Not drawn, for lack of runs: " + "; ".join(missing) + ".")
     path.write_text("\n\n".join(parts) + "\n")
+
+
+def verdict_parts(runs: list[Run]) -> list[str]:
+    """The report's sections over seeds: each config's statistics, the verdicts, the environments."""
+    groups = aggregate.groups(runs)
+    parts = []
+    if groups:
+        parts += [
+            "## Over seeds",
+            "Mean +- standard deviation over the seeds of each config (n seeds), and the 95% interval of the "
+            "mean (aggregate.csv). Runs of one config, seed and environment count once.",
+            seeds_section(groups),
+        ]
+    comparisons = aggregate.plain_vs_residual(groups) + aggregate.deeper_vs_shallower(groups)
+    if comparisons:
+        parts += [
+            "## Verdicts",
+            "Each pair of configs that the degradation problem compares, plain against residual at each "
+            "depth and each net against the shallowest of its family, on the metric named: the difference of "
+            "the means over seeds, its 95% interval (Welch's t-test) and the verdict. Where the interval "
+            "holds 0, or a side has one seed, the verdict is unresolved: run more seeds.",
+            comparisons_section(comparisons),
+        ]
+    parts += ["## Environments", environments_section(runs)]
+    if any(c.mixed_environments for c in comparisons):
+        parts.append(
+            "Warning: some verdicts above compare runs of different environments: another CPU, thread "
+            "count or library rounds differently, and a deep net at a high learning rate can turn that "
+            "into a different run."
+        )
+    if disagreements := aggregate.across_environments(groups):
+        parts += [
+            "## The same seeds in other environments",
+            "Configs run in several environments, compared seed for seed: how far apart the same seed's "
+            "final training errors ended.",
+            disagreements_section(disagreements),
+        ]
+    return parts
+
+
+def _log_spread(values: list[float]) -> str:
+    """`2.8e+03 x/÷ 1.4 (n=3)`: a geometric mean and geometric s.d. over seeds."""
+    mean, low, _ = mechanisms.log_band(values)
+    return f"{mean:.3g} x/÷ {mean / low:.2g} (n={len(values)})" if len(values) > 1 else f"{mean:.3g} (n=1)"
+
+
+def backward_ratio_section(runs: list[Run]) -> str | None:
+    """Per net, at initialisation: the per-image gradient norm at the stem's output over that at the last
+    block's, over seeds (geometric): > 1 grows on its way back to the input, < 1 vanishes."""
+    lines = ["| net | stem / last block, gradient norm at initialisation |", "|---|---|"]
+    for _, _, shown in mechanisms.moments(mechanisms.by_config([r for r in runs if r.signals]))[:1]:
+        for config in shown:
+            ratios = []
+            for run in config.runs:
+                series = mechanisms.signal_over_seeds([run], "grad_norm", 0.0)
+                if len(series) > 1:
+                    ratios.append(series[min(series)][0] / series[max(series)][0])
+            if ratios:
+                lines.append(f"| {config.label.rsplit(' (n=', 1)[0]} | {_log_spread(ratios)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def lesion_section(runs: list[Run]) -> str | None:
+    lines = [
+        "| net | intact test error | one block deleted: mean rise | largest rise | seeds not trained |",
+        "|---|---|---|---|---|",
+    ]
+    for summary in mechanisms.lesion_summaries(runs):
+        untrained = ", ".join(
+            f"{r.get('seed')} ({_percent(mechanisms.intact_error(r))})" for r in summary.untrained
+        )
+        cells = [
+            summary.config.runs[0].label,
+            mean_sd(summary.intact),
+            _points(summary.mean_rise),
+            _points(summary.largest_rise),
+            untrained or "none",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def _points(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = f"{100 * statistics.mean(values):+.1f}"
+    spread = f" +- {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{mean}{spread} points (n={len(values)})"
+
+
+def mechanism_parts(runs: list[Run]) -> list[str]:
+    parts = []
+    if ratios := backward_ratio_section(runs):
+        parts += ["## The backward signal at initialisation", ratios]
+    if lesions := lesion_section(runs):
+        parts += [
+            "## Lesions over seeds",
+            f"Test error with one block deleted, less the intact net's; seeds whose net ended above "
+            f"{mechanisms.UNTRAINED_ERROR:.0%} test error did not train and are left out.",
+            lesions,
+        ]
+    return parts
