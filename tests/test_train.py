@@ -303,6 +303,6 @@ def test_deterministic_runs_repeat_bit_for_bit_on_a_gpu(cli, workdir):
     for where in ("a", "b"):
         assert cli(*run, "deterministic=true", "trainer.max_epochs=2", f"hydra.run.dir={where}").status == 0
     assert (workdir / "a" / "metrics.csv").read_text() == (workdir / "b" / "metrics.csv").read_text()
-    record = summary(workdir / "a")
-    assert record["environment"]["deterministic"] is True and record["environment"]["cudnn_benchmark"] is False
-    assert record["cuda_graph_steps"] == 0
+    env = summary(workdir / "a")["environment"]
+    assert env["deterministic"] is True and env["cudnn_benchmark"] is False
+    assert summary(workdir / "a")["cuda_graph_steps"] == 0
