@@ -147,9 +147,10 @@ def trace(h: Hessian, samples: int, seed: int) -> tuple[float, float]:
 
 
 def hessian_products(size: int, iterations: int) -> int:
-    """About how many Hessian-vector products `curvature_rows` makes: Lanczos converging within two
-    restarts of its basis, and the trace's samples, each for H and for D H D."""
-    return 2 * (2 * min(size, max(3, iterations)) + 1 + iterations)
+    """About how many Hessian-vector products `curvature_rows` makes: Lanczos converging within about one
+    basis (a trained net's top eigenvalue stands apart; more where it does not), its residual's product, and
+    the trace's samples, each for H and for D H D."""
+    return 2 * (min(size, max(3, iterations)) + 3 + iterations)
 
 
 def curvature_rows(
