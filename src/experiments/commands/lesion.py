@@ -52,5 +52,35 @@ def lesion(run_dir: Path, options: argparse.Namespace) -> str:
     return f"{run.record.label}: test error {100 * intact:.1f}% intact; one block deleted: {rise} ({where})"
 
 
+def over_seeds(run_dirs: list[Path]) -> list[str]:
+    """For each net lesioned at several seeds, the rise one deleted block causes, as mean +- s.d. over the
+    seeds whose net trained (a lesion of a net that did not train says nothing), and which did not."""
+    from experiments.report.collect import find_runs
+    from experiments.report.mechanisms import intact_error, lesion_summaries
+
+    lines = []
+    for summary in lesion_summaries(find_runs(run_dirs)):
+        if len(summary.config.runs) < 2:
+            continue
+        rises = [100 * rise for rise in summary.mean_rise]
+        rise = (
+            f"{statistics.mean(rises):+.1f} +- {statistics.stdev(rises):.1f} points"
+            if len(rises) > 1
+            else (f"{rises[0]:+.1f} points" if rises else "-")
+        )
+        untrained = ", ".join(
+            f"seed {r.get('seed')} ({100 * intact_error(r):.0f}%)" for r in summary.untrained
+        )
+        net = f"{summary.config.runs[0].label} on {summary.config.runs[0].dataset}"
+        lines.append(
+            f"{net}: one block deleted raises the test error by {rise} (mean over {len(rises)} trained seeds)"
+            + (f"; did not train: {untrained}" if untrained else "")
+        )
+    return lines
+
+
 def main(args: list[str]) -> int:
-    return main_over_runs(_parser(), args, lesion)
+    status = main_over_runs(_parser(), args, lesion)
+    for line in over_seeds(_parser().parse_args(args).runs):  # parsed again: the first parse said no
+        print(line)
+    return status

@@ -66,8 +66,14 @@ def report(directories: list[Path], out: Path, logger: str = "comet", online: st
         if not drawn:
             missing.append(name)
     tables.write_csv(runs, out / "runs.csv")
-    aggregate.write_csv(aggregate.groups(runs), out / "aggregate.csv")
+    groups = aggregate.groups(runs)
+    aggregate.write_csv(groups, out / "aggregate.csv")
     tables.write_markdown(runs, directories, figures, missing, out / "report.md")
+    if mixed := [c for c in aggregate.verdicts(groups) if c.mixed_environments]:
+        log.warning(
+            f"{len(mixed)} of the report's verdicts compare runs of different environments, which can round "
+            f"differently: {out / 'report.md'} lists them"
+        )
     if logger == "comet":
         _log_to_comet(runs, out, list(figures.values()), {"true": True, "false": False}.get(online, online))
     return out / "report.md"

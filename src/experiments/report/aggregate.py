@@ -38,7 +38,8 @@ class Group:
 
     runs: list[Run] = field(default_factory=list)
     repeats: int = 0  # runs left out as repeats of a seed already counted (same config and environment)
-    tag: str = ""  # which environment, where the report holds the config in several (`E2`)
+    tag: str = "E1"  # which of the report's environments it ran in
+    tagged: bool = False  # whether its label says so: the report holds its config in several environments
     detail: str = ""  # what sets the config apart from others of the same net (`optim.lr=0.1`), where any
 
     @property
@@ -52,7 +53,9 @@ class Group:
     @property
     def label(self) -> str:
         detail = f", {self.detail}" if self.detail else ""
-        return f"{self.first.label} on {self.first.dataset}{detail}" + (f" [{self.tag}]" if self.tag else "")
+        return f"{self.first.label} on {self.first.dataset}{detail}" + (
+            f" [{self.tag}]" if self.tagged else ""
+        )
 
     @property
     def seeds(self) -> list[int]:
@@ -73,7 +76,7 @@ class Group:
             "dataset": self.first.dataset,
             "precision": self.first.get("precision"),
             "epochs": self.first.get("epochs"),
-            "environment": self.tag or "E1",
+            "environment": self.tag,
             "seeds": ";".join(map(str, self.seeds)),
             "n": len(self.runs),
             "repeats": self.repeats,
@@ -113,7 +116,7 @@ def environments(runs: list[Run]) -> list[tuple]:
 def groups(runs: list[Run]) -> list[Group]:
     """Completed training runs grouped by config and environment, in the report's order; each seed once."""
     trained = [run for run in runs if run.trained]
-    tags = {env: f"E{i}" for i, env in enumerate(environments(trained), 1)}
+    tags = {env: f"E{i}" for i, env in enumerate(environments(runs), 1)}
     found: dict[tuple[str, tuple], Group] = defaultdict(Group)
     for run in trained:
         env = environment.numerical(run.get("environment"))
@@ -126,7 +129,7 @@ def groups(runs: list[Run]) -> list[Group]:
     for config, env in found:
         envs_of_config[config].add(env)
     for (config, env), group in found.items():
-        group.tag = tags[env] if len(envs_of_config[config]) > 1 else ""
+        group.tag, group.tagged = tags[env], len(envs_of_config[config]) > 1
     details = differences([group.first for group in found.values()])
     for group in found.values():
         group.detail = details[id(group.first)]
@@ -259,6 +262,11 @@ def deeper_vs_shallower(found: list[Group]) -> list[Comparison]:
     return [compare(a, b, metric) for a, b in pairs for metric in METRICS]
 
 
+def verdicts(found: list[Group]) -> list[Comparison]:
+    """Every comparison the report draws a verdict on."""
+    return plain_vs_residual(found) + deeper_vs_shallower(found)
+
+
 @dataclass
 class Disagreement:
     """One config in two environments, over the seeds both ran: how far apart the same seed's runs are."""
@@ -273,7 +281,7 @@ def across_environments(found: list[Group]) -> list[Disagreement]:
     """Each config that ran in several environments, compared seed for seed."""
     by_config: dict[str, list[Group]] = defaultdict(list)
     for group in found:
-        if group.tag:
+        if group.tagged:
             by_config[config_key(group.first)].append(group)
     found_pairs = []
     for same_config in by_config.values():

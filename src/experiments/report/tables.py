@@ -212,7 +212,7 @@ def verdict_parts(runs: list[Run]) -> list[str]:
             "mean (aggregate.csv). Runs of one config, seed and environment count once.",
             seeds_section(groups),
         ]
-    comparisons = aggregate.plain_vs_residual(groups) + aggregate.deeper_vs_shallower(groups)
+    comparisons = aggregate.verdicts(groups)
     if comparisons:
         parts += [
             "## Verdicts",

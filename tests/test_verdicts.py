@@ -1,0 +1,138 @@
+"""The report's claims over seeds: statistics in log space checked by hand, verdicts that say unresolved where
+the seeds cannot decide, environments listed and mixed ones warned of, repeats of a run counted once."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+from experiments.record import RunRecord
+from experiments.report import aggregate, mechanisms
+from experiments.report.collect import Run, find_runs
+from tests.helpers import run_dirs, summary
+
+
+@pytest.fixture(scope="module")
+def three_seeds(tmp_path_factory, session_cli) -> Path:
+    """plain-8 and resnet-8 on digits, seeds 0, 1, 2, one epoch each, and a lesion of each: the sweep's
+    directory."""
+    root = tmp_path_factory.mktemp("seeds")
+    args = ["arch=plain,resnet", "arch.depth=8", "seed=0,1,2", "dataset=digits", "trainer.max_epochs=1"]
+    session_cli(root, ["train", "-m", *args, "logger=none", "hydra.sweep.dir=sweep"])
+    runs = run_dirs(root / "sweep")
+    printed = session_cli(root, ["lesion", "--draws", "2", "--test-images", "100", *map(str, runs)])
+    assert "resnet-8 on digits: one block deleted raises the test error by " in printed
+    assert "(mean over 3 trained seeds)" in printed or "did not train: seed" in printed
+    return root / "sweep"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_signals_over_seeds_are_geometric_means_and_spreads(three_seeds):
+    runs = [run for run in find_runs([three_seeds]) if run.arch == "resnet"]
+    (config,) = mechanisms.by_config(runs)
+    assert config.label == "resnet-8 (n=3)"
+    series = mechanisms.signal_over_seeds(config.runs, "grad_norm", 0.0)
+    for index, (mean, low, high, n) in series.items():
+        by_hand = [
+            math.log10(float(row["value"]))
+            for run in runs
+            for row in _rows(run.path / "signals.csv")
+            if row["quantity"] == "grad_norm" and float(row["step"]) == 0 and float(row["index"]) == index
+        ]
+        assert n == len(by_hand) == 3
+        assert math.log10(mean) == pytest.approx(statistics.mean(by_hand), abs=1e-12)
+        assert math.log10(high) - math.log10(mean) == pytest.approx(statistics.stdev(by_hand), abs=1e-12)
+        assert math.log10(mean) - math.log10(low) == pytest.approx(statistics.stdev(by_hand), abs=1e-12)
+
+
+def test_lesions_over_seeds_are_the_seeds_means(three_seeds):
+    runs = [run for run in find_runs([three_seeds]) if run.arch == "resnet"]
+    (summary_,) = mechanisms.lesion_summaries(runs)
+    by_hand_rise = []
+    for run in summary_.config.runs:
+        rows = _rows(run.path / "lesion.csv")
+        intact = float(next(r["test_error"] for r in rows if r["kind"] == "intact"))
+        singles = [float(r["test_error"]) - intact for r in rows if r["kind"] == "single"]
+        if intact <= mechanisms.UNTRAINED_ERROR:
+            by_hand_rise.append(statistics.mean(singles))
+    assert summary_.mean_rise == pytest.approx(by_hand_rise, abs=1e-12)
+    assert len(summary_.intact) == 3 and len(summary_.mean_rise) + len(summary_.untrained) == 3
+
+
+def _group(arch: str, errors: list[float], **env: object) -> aggregate.Group:
+    runs = []
+    for seed, error in enumerate(errors):
+        record = RunRecord(status="completed", arch=arch, depth=20, dataset="digits", seed=seed)
+        record.update(train_error=error, test_error=error, environment={"cpu": "x", "threads": 1, **env})
+        runs.append(Run(Path(f"{arch}-{seed}"), record=record))
+    return aggregate.Group(runs)
+
+
+def test_a_verdict_is_unresolved_where_the_seeds_cannot_decide():
+    one_seed = aggregate.compare(_group("plain", [0.5]), _group("resnet", [0.1, 0.2]), "train_error")
+    assert one_seed.verdict.startswith("unresolved: fewer than 2 seeds") and one_seed.low is None
+    overlapping = aggregate.compare(_group("plain", [0.1, 0.3]), _group("resnet", [0.2, 0.25]), "train_error")
+    assert not overlapping.resolved and overlapping.verdict.startswith("unresolved: the interval holds 0")
+    assert overlapping.low < 0 < overlapping.high
+    apart = aggregate.compare(
+        _group("plain", [0.8, 0.82, 0.85]), _group("resnet", [0.05, 0.02, 0.03]), "train_error"
+    )
+    assert (
+        apart.resolved and apart.verdict.startswith("plain-20 higher (p = ") and 0.7 < apart.low < apart.high
+    )
+
+
+def test_a_verdict_across_environments_says_so_and_one_across_hosts_does_not():
+    plain, resnet = _group("plain", [0.8, 0.9], host="a"), _group("resnet", [0.1, 0.2], host="b")
+    assert not aggregate.compare(plain, resnet, "train_error").mixed_environments
+    other_cpu = _group("resnet", [0.1, 0.2], cpu="another")
+    assert aggregate.compare(plain, other_cpu, "train_error").mixed_environments
+
+
+def _copy(run: Path, to: Path, **environment: object) -> Path:
+    """A copy of a run's directory under `to`, its record's environment changed by `environment`."""
+    copy = to / f"{run.name}-{len(list(to.glob('*'))) if to.exists() else 0}"
+    shutil.copytree(run, copy)
+    record = summary(copy)
+    record["environment"].update(environment)
+    (copy / "summary.json").write_text(json.dumps(record))
+    return copy
+
+
+def test_the_report_counts_repeats_once_keeps_other_environments_apart_and_warns(three_seeds, cli, workdir):
+    runs = {run.name.split("-")[0] + run.name.split("-")[2]: run for run in run_dirs(three_seeds)}
+    for _ in range(3):  # the same run, again and again on one machine (another host's name changes nothing)
+        _copy(runs["plain8s0"], workdir / "copies", host="elsewhere")
+    for seed in ("s0", "s1", "s2"):  # the residual nets again, on a machine that rounds differently
+        _copy(runs[f"resnet8{seed}"], workdir / "other", cpu_capability="AVX2")
+    result = cli("report", str(three_seeds), "copies", "other", "--out", "report", "--logger", "none")
+    assert result.status == 0, result.err
+    rows = _rows(workdir / "report" / "aggregate.csv")
+    counted = {(r["arch"], r["environment"]): (r["n"], r["repeats"]) for r in rows}
+    assert counted == {
+        ("plain", "E1"): ("3", "3"),
+        ("resnet", "E1"): ("3", "0"),
+        ("resnet", "E2"): ("3", "0"),
+    }
+    report = (workdir / "report" / "report.md").read_text()
+    assert "(3 repeats not counted)" in report and "## Environments" in report
+    assert "- E2: " in report and "AVX2" in report and "- E3" not in report  # a host is no environment
+    assert "| resnet-8 on digits | E1, E2 | 3 |" in report  # the same seeds set side by side
+    assert "Tight layout" not in result.err
+    warning = "Warning: some verdicts above compare runs of different environments"
+    assert warning not in report  # each net met its rival in its own environment
+    plain = [str(run) for name, run in runs.items() if name.startswith("plain")]
+    mixed = cli("report", *plain, "other", "--out", "mixed", "--logger", "none")
+    assert "of the report's verdicts compare runs of different environments" in mixed.err
+    assert "different environments" not in result.err
+    assert warning in (workdir / "mixed" / "report.md").read_text()  # plain only in E1, resnet only in E2
