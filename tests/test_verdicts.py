@@ -10,11 +10,14 @@ import shutil
 import statistics
 from pathlib import Path
 
+import matplotlib.image
 import pytest
+from matplotlib.lines import Line2D
 
 from experiments.record import RunRecord
 from experiments.report import aggregate, mechanisms
 from experiments.report.collect import Run, find_runs
+from experiments.report.style import MAX_LEGEND, collapsed
 from tests.helpers import run_dirs, summary
 
 
@@ -129,6 +132,8 @@ def test_the_report_counts_repeats_once_keeps_other_environments_apart_and_warns
     assert "- E2: " in report and "AVX2" in report and "- E3" not in report  # a host is no environment
     assert "| resnet-8 on digits | E1, E2 | 3 |" in report  # the same seeds set side by side
     assert "Tight layout" not in result.err
+    height = matplotlib.image.imread(workdir / "report" / "training_error_digits.png").shape[0]
+    assert height < 800  # a line per config, however many copies of its runs
     warning = "Warning: some verdicts above compare runs of different environments"
     assert warning not in report  # each net met its rival in its own environment
     plain = [str(run) for name, run in runs.items() if name.startswith("plain")]
@@ -136,3 +141,10 @@ def test_the_report_counts_repeats_once_keeps_other_environments_apart_and_warns
     assert "of the report's verdicts compare runs of different environments" in mixed.err
     assert "different environments" not in result.err
     assert warning in (workdir / "mixed" / "report.md").read_text()  # plain only in E1, resnet only in E2
+
+
+def test_a_legend_that_cannot_fit_names_how_many_more():
+    labels = [f"net-{i} (n=3)" for i in range(40)] + ["net-0 (n=3)"]
+    handles, shown = collapsed([Line2D([], []) for _ in labels], labels)
+    assert len(shown) == len(handles) == MAX_LEGEND and shown[-1] == "... 17 more (runs.csv)"
+    assert shown[:3] == ["net-0 (n=3)", "net-1 (n=3)", "net-2 (n=3)"]
