@@ -16,16 +16,29 @@ COMMANDS = {
         "experiments.commands.lesion",
     ),
     "reuse": ("DenseNet feature-reuse map of trained runs: reuse RUN_DIR ...", "experiments.commands.reuse"),
+    "landscape": (
+        "loss-surface slices around trained runs' weights (Li et al. 2018): landscape RUN_DIR ...",
+        "experiments.commands.landscape",
+    ),
+    "paths": (
+        "a residual net's gradient by path length (Veit et al. 2016): paths RUN_DIR ...",
+        "experiments.commands.paths",
+    ),
+    "curvature": (
+        "Hessian top eigenvalue and trace of trained runs: curvature RUN_DIR ...",
+        "experiments.commands.curvature",
+    ),
     "report": ("tables and figures from finished runs: report DIR [DIR ...]", "experiments.commands.report"),
 }
 
 USAGE = f"""\
 usage: experiments COMMAND [ARGS ...]
 
-Measure how ResNets and DenseNets behave: degradation, memory, speed, signal propagation.
+Measure how ResNets and DenseNets behave: degradation, memory, speed, and why (signals, lesions,
+loss landscapes, gradient paths, curvature).
 
 commands:
-{chr(10).join(f"  {name:<9} {what}" for name, (what, _) in COMMANDS.items())}
+{chr(10).join(f"  {name:<10} {what}" for name, (what, _) in COMMANDS.items())}
 
 examples:
   experiments train arch=resnet arch.depth=20 dataset=digits trainer.max_epochs=3
@@ -33,6 +46,7 @@ examples:
   experiments profile -m arch=densenet_bc arch.depth=40,100 arch.memory_efficient=false,true
   experiments probe -m arch=plain,resnet arch.depth=20,56,110
   experiments lesion multirun/2026-11-27/10-00-00/*
+  experiments landscape multirun/2026-11-27/10-00-00/resnet56-*
   experiments report multirun/2026-11-27/10-00-00
 
 `experiments train --help` lists the config groups and options; `--cfg job` prints the composed config.
