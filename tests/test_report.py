@@ -144,11 +144,16 @@ def test_demo_shows_degradation_and_the_densenet_memory_trade_off(workdir):
     )
     assert result.returncode == 0, result.stderr
     assert "open demo/report/report.md" in result.stdout
-    with (workdir / "demo" / "report" / "runs.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    train = {(r["arch"], int(r["depth"])): float(r["train_error"]) for r in rows if r["command"] == "train"}
+    with (workdir / "demo" / "report" / "aggregate.csv").open() as f:
+        means = {(r["arch"], int(r["depth"])): r for r in csv.DictReader(f)}
+    assert {row["n"] for key, row in means.items() if key[0] in ("plain", "resnet")} == {"3"}  # seeds
+    train = {key: float(row["train_error_mean"]) for key, row in means.items()}
     assert train[("plain", 56)] >= train[("plain", 20)] + 0.2
     assert train[("resnet", 56)] <= train[("plain", 56)] - 0.2
+    report = (workdir / "demo" / "report" / "report.md").read_text()
+    assert "| plain-56 on digits (n=3) | plain-20 on digits (n=3) | training error |" in report
+    with (workdir / "demo" / "report" / "runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
     memory = {}
     for r in rows:
         if r["command"] == "profile" and r["arch"] == "densenet_bc":

@@ -15,7 +15,7 @@ import pytest
 from matplotlib.lines import Line2D
 
 from experiments.record import RunRecord
-from experiments.report import aggregate, mechanisms
+from experiments.report import aggregate, over_seeds
 from experiments.report.collect import Run, find_runs
 from experiments.report.style import MAX_LEGEND, collapsed
 from tests.helpers import run_dirs, summary
@@ -42,9 +42,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_signals_over_seeds_are_geometric_means_and_spreads(three_seeds):
     runs = [run for run in find_runs([three_seeds]) if run.arch == "resnet"]
-    (config,) = mechanisms.by_config(runs)
+    (config,) = over_seeds.by_config(runs)
     assert config.label == "resnet-8 (n=3)"
-    series = mechanisms.signal_over_seeds(config.runs, "grad_norm", 0.0)
+    series = over_seeds.signal_over_seeds(config.runs, "grad_norm", 0.0)
     for index, (mean, low, high, n) in series.items():
         by_hand = [
             math.log10(float(row["value"]))
@@ -60,13 +60,13 @@ def test_signals_over_seeds_are_geometric_means_and_spreads(three_seeds):
 
 def test_lesions_over_seeds_are_the_seeds_means(three_seeds):
     runs = [run for run in find_runs([three_seeds]) if run.arch == "resnet"]
-    (summary_,) = mechanisms.lesion_summaries(runs)
+    (summary_,) = over_seeds.lesion_summaries(runs)
     by_hand_rise = []
     for run in summary_.config.runs:
         rows = _rows(run.path / "lesion.csv")
         intact = float(next(r["test_error"] for r in rows if r["kind"] == "intact"))
         singles = [float(r["test_error"]) - intact for r in rows if r["kind"] == "single"]
-        if intact <= mechanisms.UNTRAINED_ERROR:
+        if intact <= over_seeds.UNTRAINED_ERROR:
             by_hand_rise.append(statistics.mean(singles))
     assert summary_.mean_rise == pytest.approx(by_hand_rise, abs=1e-12)
     assert len(summary_.intact) == 3 and len(summary_.mean_rise) + len(summary_.untrained) == 3

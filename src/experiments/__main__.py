@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if WORKER_ENV in os.environ and "LOCAL_RANK" in os.environ:
         # Lightning's DDP launcher re-runs our command line for each extra rank: run that rank's share of
         # the parent's run instead of composing (and creating) a new one.
-        from experiments.distributed import run_worker
+        from experiments.commands.train import run_worker
 
         return run_worker()
     if not args or args[0] in ("-h", "--help", "help"):

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import rundir, settings
 from experiments.config import CONF_DIR
 from experiments.errors import RunFailed, UserError, message, one_line, traceback_wanted
+from experiments.finished import check_checkpoint_fits
 from experiments.record import read_record
 from experiments.sweep import SweepRefused, SweepWatch
 from experiments.tracking.noise import silence_library_noise
@@ -131,6 +132,8 @@ def run_job(cfg: DictConfig, job: Job, command: str) -> Any:
 def guard(cfg: DictConfig, run_dir: Path, command: str) -> Any:
     """Refuse a job that cannot run (UserError), or return the record of one that already completed."""
     settings.check(cfg)
+    if cfg.get("ckpt_path"):
+        check_checkpoint_fits(cfg, Path(cfg.ckpt_path).expanduser())
     if _rank() == 0:  # the other tasks of a SLURM job follow rank 0: rundir.owned waits for its lock
         rundir.check_config(run_dir, cfg)
     if command != "train":

@@ -36,16 +36,3 @@ def worker_env(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
         yield
     finally:
         del os.environ[WORKER_ENV]
-
-
-def run_worker() -> int:
-    """Entry point of a DDP rank started by Lightning: train the parent's run; rank 0 records it."""
-    from omegaconf import OmegaConf
-
-    from experiments.commands.train import train
-    from experiments.tracking.noise import silence_library_noise
-
-    silence_library_noise()
-    spec = json.loads(os.environ[WORKER_ENV])
-    train(OmegaConf.create(spec["config"]), Path(spec["run_dir"]))
-    return 0

@@ -19,8 +19,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # What differs between two machines that run the same code on the same data in a way that changes the numbers;
 # the host name (and anything else) may differ between runs of one verdict without warning.
@@ -42,13 +40,15 @@ NUMERICAL_KEYS = (
 
 def environment() -> dict[str, Any]:
     """The environment of the computation starting now (JSON-able; keys as in summary.json)."""
+    import torch  # here: the report reads environments without torch
+
     cuda = torch.cuda.is_available()
     return {
-        **_software(),
+        **_software(torch),
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "driver": _driver() if cuda else None,
-        "blas": _blas(),
+        "blas": _blas(torch),
         "cpu": _cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
@@ -87,7 +87,7 @@ def describe(env: dict[str, Any] | None) -> str:
 
 
 @cache
-def _software() -> dict[str, Any]:
+def _software(torch: Any) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "torch": str(torch.__version__),  # a plain str: checkpoints load with weights_only
@@ -125,7 +125,7 @@ def _git(root: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def _blas() -> str:
+def _blas(torch: Any) -> str:
     """The BLAS and the convolution library torch was built with, as torch reports them."""
     found = []
     for line in torch.__config__.show().splitlines():

@@ -60,11 +60,11 @@ def one_line(error: BaseException) -> str:
     cause = error.__cause__
     key = re.search(r"Could not override '([^']+)'", text)
     if key and cause is not None and "not in struct" in str(cause):
-        from experiments.settings import SECRET_KEY, secret_refused
+        from experiments import secret
 
         name = key.group(1)
-        if SECRET_KEY.search(name):  # adding it would be refused too
-            return secret_refused(name)
+        if secret.SECRET_KEY.search(name):  # adding it would be refused too
+            return secret.refused(name)
         if nearest := _nearest_key(name, getattr(cause, "parent_node", None)):
             return f"unknown config key '{name}'; did you mean '{nearest}'? (--cfg job lists the keys)"
         return f"unknown config key '{name}': misspelled? (--cfg job lists the keys; +{name}=VALUE adds one)"

@@ -115,3 +115,26 @@ class FinishedRun:
             if count >= images:
                 break
         return batches
+
+
+def check_checkpoint_fits(cfg: DictConfig, checkpoint: Path) -> None:
+    """A ckpt_path given must hold the configured net's weights: checked before the run's directory is made
+    (the one check of a job that imports torch, and only when a ckpt_path is given)."""
+    from experiments.models import create_model
+    from experiments.settings import dataset_shape
+
+    classes, channels, size = dataset_shape(cfg)
+    if not classes and cfg.dataset.get("path"):  # an image folder: a class per folder of train/
+        train = Path(cfg.dataset.path).expanduser() / "train"
+        classes = sum(1 for folder in train.iterdir() if folder.is_dir()) if train.is_dir() else 0
+    if classes < 2:
+        return  # the data's own check refuses it, with its own line
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    name = arch.pop("name")
+    arch.pop("freeze", None)
+    arch["pretrained"] = None  # the checkpoint's weights replace any others
+    model = create_model(name, num_classes=classes, in_channels=channels, image_size=size, **arch)
+    try:
+        load_weights(model, checkpoint)
+    except UserError as error:
+        raise UserError(f"ckpt_path: {error}") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import specs
+from experiments import secret, specs
 from experiments.errors import UserError
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # Lightning's, less those that need extra packages
@@ -80,7 +79,6 @@ TRAINER_ARGUMENTS = (
     "enable_autolog_hparams",
     "model_registry",
 )
-SECRET_KEY = re.compile(r"(api_?key|secret|password|token)$", re.IGNORECASE)
 
 
 def _int(low: int = 0, high: int | None = None) -> Callable[[Any], bool]:
@@ -213,7 +211,6 @@ def check_paths(cfg: DictConfig) -> None:
             raise UserError(
                 f"ckpt_path: {path} is not a PyTorch checkpoint (a zip archive that torch.save wrote)"
             )
-        check_checkpoint_fits(cfg, path)
     if cfg.dataset.get("_target_", "").endswith("ImageFolderData"):
         check_imagefolder_root(Path(cfg.dataset.path).expanduser())
     if data_dir := cfg.dataset.get("data_dir"):
@@ -227,29 +224,6 @@ def check_data_dir(path: Path) -> None:
         raise UserError(
             f"dataset.data_dir{named_by}: {path} is a file, not a folder; name a folder for the datasets"
         )
-
-
-def check_checkpoint_fits(cfg: DictConfig, checkpoint: Path) -> None:
-    """The checkpoint must hold the configured net's weights (the one check here that reads a checkpoint and
-    imports torch, and only when a ckpt_path is given)."""
-    from experiments.finished import load_weights
-    from experiments.models import create_model
-
-    classes, channels, size = dataset_shape(cfg)
-    if not classes and cfg.dataset.get("path"):  # an image folder: a class per folder of train/
-        train = Path(cfg.dataset.path).expanduser() / "train"
-        classes = sum(1 for folder in train.iterdir() if folder.is_dir()) if train.is_dir() else 0
-    if classes < 2:
-        return  # the data's own check refuses it, with its own line
-    arch = OmegaConf.to_container(cfg.arch, resolve=True)
-    name = arch.pop("name")
-    arch.pop("freeze", None)
-    arch["pretrained"] = None  # the checkpoint's weights replace any others
-    model = create_model(name, num_classes=classes, in_channels=channels, image_size=size, **arch)
-    try:
-        load_weights(model, checkpoint)
-    except UserError as error:
-        raise UserError(f"ckpt_path: {error}") from None
 
 
 def check_imagefolder_root(root: Path) -> None:
@@ -409,21 +383,6 @@ def check_hydra_secrets(hydra_cfg: DictConfig) -> None:
     _check_secrets(OmegaConf.to_container(hydra_cfg, resolve=False), "hydra.")
 
 
-def secret_refused(key: str) -> str:
-    return (
-        f"{key}: a secret in the config would be written to disk; set COMET_API_KEY in the environment (or "
-        f"run `comet login`) instead, and give no {key}"
-    )
-
-
 def _check_secrets(config: Any, path: str = "") -> None:
-    """An API key in the config would be written to .hydra/, multirun.yaml and the Comet archive."""
-    if isinstance(config, dict):
-        for key, value in config.items():
-            where = f"{path}{key}"
-            if SECRET_KEY.search(str(key)) and value not in (None, "", "???"):
-                raise UserError(secret_refused(where))
-            _check_secrets(value, f"{where}.")
-    elif isinstance(config, list):
-        for i, value in enumerate(config):
-            _check_secrets(value, f"{path}{i}.")
+    if key := secret.find(config, path):
+        raise UserError(secret.refused(key))

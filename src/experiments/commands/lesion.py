@@ -56,7 +56,7 @@ def over_seeds(run_dirs: list[Path]) -> list[str]:
     """For each net lesioned at several seeds, the rise one deleted block causes, as mean +- s.d. over the
     seeds whose net trained (a lesion of a net that did not train says nothing), and which did not."""
     from experiments.report.collect import find_runs
-    from experiments.report.mechanisms import intact_error, lesion_summaries
+    from experiments.report.over_seeds import intact_error, lesion_summaries
 
     lines = []
     for summary in lesion_summaries(find_runs(run_dirs)):

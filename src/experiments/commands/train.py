@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -369,3 +370,14 @@ def _param_grad_norms(rows: list[dict], parts: list[str]) -> dict[str, list[floa
     metrics.csv's columns."""
     norms = {part: [row.get(f"{PARAM_GRAD_PREFIX}{part}") for row in rows] for part in parts}
     return {part: values for part, values in norms.items() if any(v is not None for v in values)} or None
+
+
+def run_worker() -> int:
+    """Entry point of a DDP rank started by Lightning (experiments.distributed): train the parent's run; rank
+    0 records it."""
+    from experiments.tracking.noise import silence_library_noise
+
+    silence_library_noise()
+    spec = json.loads(os.environ[distributed.WORKER_ENV])
+    train(OmegaConf.create(spec["config"]), Path(spec["run_dir"]))
+    return 0

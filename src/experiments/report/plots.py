@@ -12,7 +12,7 @@ from pathlib import Path
 
 import matplotlib.ticker
 
-from experiments.report import mechanisms
+from experiments.report import mechanisms, over_seeds
 from experiments.report.collect import Run
 from experiments.report.style import (
     LINESTYLES,
@@ -48,7 +48,7 @@ def training_error(runs: list[Run], out: Path) -> list[Figure]:
     for dataset, group in sorted(by_dataset.items()):
         colors = depth_colors(group)
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for config in mechanisms.by_config(group):
+        for config in over_seeds.by_config(group):
             epochs = min(len(run.train_errors) for run in config.runs)  # the epochs every seed reached
             per_epoch = [[100 * run.train_errors[e] for run in config.runs] for e in range(epochs)]
             means = [statistics.mean(values) for values in per_epoch]

@@ -11,7 +11,7 @@ from typing import Any
 from scipy import stats
 
 from experiments import environment
-from experiments.report import aggregate, mechanisms
+from experiments.report import aggregate, over_seeds
 from experiments.report.collect import Run
 
 
@@ -241,7 +241,7 @@ def verdict_parts(runs: list[Run]) -> list[str]:
 
 def _log_spread(values: list[float]) -> str:
     """`2.8e+03 x/÷ 1.4 (n=3)`: a geometric mean and geometric s.d. over seeds."""
-    mean, low, _ = mechanisms.log_band(values)
+    mean, low, _ = over_seeds.log_band(values)
     return f"{mean:.3g} x/÷ {mean / low:.2g} (n={len(values)})" if len(values) > 1 else f"{mean:.3g} (n=1)"
 
 
@@ -249,11 +249,11 @@ def backward_ratio_section(runs: list[Run]) -> str | None:
     """Per net, at initialisation: the per-image gradient norm at the stem's output over that at the last
     block's, over seeds (geometric): > 1 grows on its way back to the input, < 1 vanishes."""
     lines = ["| net | stem / last block, gradient norm at initialisation |", "|---|---|"]
-    for _, _, shown in mechanisms.moments(mechanisms.by_config([r for r in runs if r.signals]))[:1]:
+    for _, _, shown in over_seeds.moments(over_seeds.by_config([r for r in runs if r.signals]))[:1]:
         for config in shown:
             ratios = []
             for run in config.runs:
-                series = mechanisms.signal_over_seeds([run], "grad_norm", 0.0)
+                series = over_seeds.signal_over_seeds([run], "grad_norm", 0.0)
                 if len(series) > 1:
                     ratios.append(series[min(series)][0] / series[max(series)][0])
             if ratios:
@@ -266,9 +266,9 @@ def lesion_section(runs: list[Run]) -> str | None:
         "| net | intact test error | one block deleted: mean rise | largest rise | seeds not trained |",
         "|---|---|---|---|---|",
     ]
-    for summary in mechanisms.lesion_summaries(runs):
+    for summary in over_seeds.lesion_summaries(runs):
         untrained = ", ".join(
-            f"{r.get('seed')} ({_percent(mechanisms.intact_error(r))})" for r in summary.untrained
+            f"{r.get('seed')} ({_percent(over_seeds.intact_error(r))})" for r in summary.untrained
         )
         cells = [
             summary.config.runs[0].label,
@@ -297,7 +297,7 @@ def mechanism_parts(runs: list[Run]) -> list[str]:
         parts += [
             "## Lesions over seeds",
             f"Test error with one block deleted, less the intact net's; seeds whose net ended above "
-            f"{mechanisms.UNTRAINED_ERROR:.0%} test error did not train and are left out.",
+            f"{over_seeds.UNTRAINED_ERROR:.0%} test error did not train and are left out.",
             lesions,
         ]
     return parts
