@@ -22,7 +22,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.ticker import MaxNLocator
 
 from experiments.record import read_metrics
-from experiments.report.aggregate import config_key
+from experiments.report import over_seeds
 from experiments.report.collect import Run
 from experiments.report.style import LINESTYLES, Figure, depth_colors, legend_outside, plt, save
 
@@ -38,14 +38,10 @@ def table(run: Run, name: str) -> list[dict[str, Any]]:
 
 
 def _by_config(runs: list[Run], name: str) -> list[tuple[list[Run], list[list[dict[str, Any]]]]]:
-    """The runs holding `name`, grouped by config (all but the seed), each with their rows."""
-    groups: dict[str, tuple[list[Run], list]] = defaultdict(lambda: ([], []))
-    for run in runs:
-        if rows := table(run, name):
-            members, tables = groups[config_key(run)]
-            members.append(run)
-            tables.append(rows)
-    return list(groups.values())
+    """The runs holding `name`, grouped by config (all but the seed; each seed once), with their rows."""
+    measured = {id(run): rows for run in runs if (rows := table(run, name))}
+    configs = over_seeds.by_config([run for run in runs if id(run) in measured])
+    return [(config.runs, [measured[id(run)] for run in config.runs]) for config in configs]
 
 
 def _log_mean_band(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import matplotlib.ticker
 
-from experiments.report import mechanisms, over_seeds
+from experiments.report import landscape, mechanisms, over_seeds
 from experiments.report.collect import Run
 from experiments.report.style import (
     LINESTYLES,
@@ -267,4 +267,7 @@ FIGURES: dict[str, Callable[[list[Run], Path], list[Figure]]] = {
     "update ratio": mechanisms.update_ratio,
     "lesion": mechanisms.lesion,
     "feature reuse": mechanisms.feature_reuse,
+    "loss landscape, 1-D": landscape.landscape_1d,
+    "loss landscape, 2-D": landscape.landscape_2d,
+    "gradient by path length": landscape.paths,
 }

@@ -11,7 +11,7 @@ from typing import Any
 from scipy import stats
 
 from experiments import environment
-from experiments.report import aggregate, over_seeds
+from experiments.report import aggregate, landscape, over_seeds
 from experiments.report.collect import Run
 
 
@@ -293,6 +293,8 @@ def mechanism_parts(runs: list[Run]) -> list[str]:
     parts = []
     if ratios := backward_ratio_section(runs):
         parts += ["## The backward signal at initialisation", ratios]
+    if curvature := landscape.curvature_table(runs):
+        parts += ["## Curvature", curvature]
     if lesions := lesion_section(runs):
         parts += [
             "## Lesions over seeds",
