@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= outputs/demo
 
-.PHONY: install test test-slow lint format demo bench clean cluster-deps test-cluster
+.PHONY: install test test-slow lint format demo demo-full bench clean cluster-deps test-cluster
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,11 @@ format: install
 
 demo: install
 	$(PY) -m experiments.demo $(OUT)
+
+# the demo with the 110-layer nets, 2-D surfaces, path lengths and curvature, and ten seeds of each net at
+# one thread and at two: the check that its verdicts do not hinge on rounding (about 15 minutes on 2 cores)
+demo-full: install
+	$(PY) -m experiments.demo --full $(OUT)
 
 bench: install
 	$(PY) bench/memory.py

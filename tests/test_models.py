@@ -81,7 +81,7 @@ def test_a_torchvision_state_dict_loads_and_computes_what_torchvision_does(name:
     torch.save(theirs.state_dict(), tmp_path / "weights.pth")
     ours = create_model(name, pretrained=str(tmp_path / "weights.pth"), **IMAGENET).eval()
     x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
+    with torch.no_grad():  # the same sums in another module's order: float32 rounding over 50 layers
         torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)
     # other classes: the backbone's weights, a fresh classifier; small images keep the ImageNet stem
     ten = create_model(name, pretrained=str(tmp_path / "weights.pth"), num_classes=10, image_size=32)
@@ -128,7 +128,9 @@ def test_state_dicts_saved_with_the_old_names_load_and_compute_the_same(case: st
     model = create_model(saved["name"], in_channels=1, image_size=8, **saved["kwargs"]).eval()
     model.load_state_dict(migrate(saved["state_dict"]))
     with torch.no_grad():
-        torch.testing.assert_close(model(saved["input"]), saved["output"], rtol=0, atol=0)
+        # The fixture's outputs were computed on another CPU, whose kernels round differently (differences of
+        # about 1e-7 seen): equal to a float32 rounding, not bit for bit. A wrong rename would be off by O(1).
+        torch.testing.assert_close(model(saved["input"]), saved["output"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", list(LEGACY["imagenet_keys"]))
@@ -202,6 +204,7 @@ def test_memory_efficient_nets_train_exactly_as_naive_ones(name: str, depth: int
     efficient = create_model(name, depth=depth, memory_efficient=True).train()
     efficient.load_state_dict(naive.state_dict())
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    # recomputed in backward, the same float32 sums in another order: equal to rounding, on this machine
     torch.testing.assert_close(
         loss_and_backward(efficient, x, y), loss_and_backward(naive, x, y), rtol=0, atol=1e-5
     )

@@ -239,6 +239,7 @@ def test_probe_measures_at_initialisation_in_a_run_directory_of_its_own(cli, wor
     for run in runs:
         record = summary(run)
         assert (record["command"], record["status"], record["data"]) == ("probe", "completed", "real")
+        assert record["environment"]["threads"] >= 1 and record["environment"]["gpu"] is None
         assert {r["step"] for r in read(run / "signals.csv")} == {"0"}
     random = cli("probe", "dataset=cifar10", "arch=resnet", "arch.depth=8", "logger=none")
     assert random.status == 0 and "one random batch of 128" in random.out

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from experiments.device import Device, build_optimizer, prepare_model, use_cuda_graph
+from experiments.environment import environment
 from experiments.errors import UserError
 from experiments.module import Classifier
 from experiments.papers import augmented, paper_test_error
@@ -132,6 +133,7 @@ def new_record(
         paper_test_error=paper_test_error(model.spec, datamodule.name, augmented(cfg.dataset))
         if command == "train"
         else None,
+        environment=environment(),  # a training run's is read again once its Trainer has set its flags
     )
 
 

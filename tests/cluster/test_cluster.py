@@ -185,7 +185,7 @@ def error_lines(err: str) -> list[str]:
 
 @pytest.mark.timeout(360)
 def test_the_degradation_demo_sweep_runs_on_the_cluster_and_reports(sweep):
-    sweep.start("experiment=degradation_demo", "arch.depth=8,14", "trainer.max_epochs=1")
+    sweep.start("experiment=degradation_demo", "arch.depth=8,14", "seed=0", "trainer.max_epochs=1")
     status, out, err = sweep.finish(timeout=330)
     assert status == 0, err
     assert error_lines(err) == []

@@ -62,20 +62,23 @@ def over_seeds(run_dirs: list[Path]) -> list[str]:
     for summary in lesion_summaries(find_runs(run_dirs)):
         if len(summary.config.runs) < 2:
             continue
-        rises = [100 * rise for rise in summary.mean_rise]
-        rise = (
-            f"{statistics.mean(rises):+.1f} +- {statistics.stdev(rises):.1f} points"
-            if len(rises) > 1
-            else (f"{rises[0]:+.1f} points" if rises else "-")
-        )
+        net = f"{summary.config.runs[0].label} on {summary.config.runs[0].dataset}"
         untrained = ", ".join(
             f"seed {r.get('seed')} ({100 * intact_error(r):.0f}%)" for r in summary.untrained
         )
-        net = f"{summary.config.runs[0].label} on {summary.config.runs[0].dataset}"
-        lines.append(
-            f"{net}: one block deleted raises the test error by {rise} (mean over {len(rises)} trained seeds)"
-            + (f"; did not train: {untrained}" if untrained else "")
+        if not summary.mean_rise:
+            lines.append(
+                f"{net}: did not train at any seed ({untrained} test error): its lesions say nothing"
+            )
+            continue
+        rises = [100 * rise for rise in summary.mean_rise]
+        rise = f"{statistics.mean(rises):+.1f}" + (
+            f" +- {statistics.stdev(rises):.1f}" if len(rises) > 1 else ""
         )
+        seeds = f"mean over {len(rises)} trained seeds" + (
+            f"; did not train: {untrained}" if untrained else ""
+        )
+        lines.append(f"{net}: one block deleted raises the test error by {rise} points ({seeds})")
     return lines
 
 
