@@ -190,6 +190,14 @@ BAD_INPUT = {
         "needs images of at least 8 px",
     ),
     "no epochs": (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1, got 0"),
+    "lightning's deterministic flag": (
+        ["+trainer.deterministic=true"],
+        "trainer.deterministic: set deterministic=True instead (it also keeps the steps eager",
+    ),
+    "graph-recording compile, deterministic": (
+        ["deterministic=true", "compile=reduce-overhead"],
+        "compile=reduce-overhead records CUDA graphs, which deterministic=true does not trust",
+    ),
     "lr not a number": (["optim.lr=nan"], "optim.lr must be a finite number > 0, got nan"),
     "infinite lr": (["optim.lr=inf"], "optim.lr must be a finite number > 0, got inf"),
     "imagefolder without path": (["dataset=imagefolder"], "dataset.path must be set"),

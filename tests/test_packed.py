@@ -89,3 +89,13 @@ def test_packed_runs_on_a_gpu_match_the_runs_alone_within_the_cuda_graph_toleran
         assert summary(run)["cuda_graph_steps"] == summary(alone)["cuda_graph_steps"] > 0
         for key in ("train_loss", "val_loss"):
             assert summary(run)[key] == pytest.approx(summary(alone)[key], rel=1e-2), (run.name, key)
+
+
+def test_packed_runs_must_agree_on_deterministic(cli, workdir):
+    """One process has one deterministic setting (torch's deterministic algorithms are process-wide)."""
+    mixed = cli(
+        "train", "-m", "hydra/launcher=packed", *SWEEP, "deterministic=true,false", "hydra.sweep.dir=x"
+    )
+    assert mixed.status == 2
+    assert mixed.error_line().startswith("error: hydra/launcher=packed runs share one process")
+    assert not any((workdir / "x").glob("*/summary.json"))

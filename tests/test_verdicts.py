@@ -148,3 +148,28 @@ def test_a_legend_that_cannot_fit_names_how_many_more():
     handles, shown = collapsed([Line2D([], []) for _ in labels], labels)
     assert len(shown) == len(handles) == MAX_LEGEND and shown[-1] == "... 17 more (runs.csv)"
     assert shown[:3] == ["net-0 (n=3)", "net-1 (n=3)", "net-2 (n=3)"]
+
+
+def test_a_side_without_values_is_unresolved_not_a_crash():
+    empty = _group("plain", [0.5, 0.6])
+    for run in empty.runs:
+        run.record.train_error = None  # a record that holds no such figure
+    verdict = aggregate.compare(empty, _group("resnet", [0.1, 0.2]), "train_error")
+    assert verdict.verdict == "unresolved: a side has no values of it" and not verdict.resolved
+
+
+def test_a_config_saved_before_a_neutral_key_existed_is_the_same_config():
+    """`deterministic: false` joined the config later; runs saved without it pool with runs saved with it."""
+    old, new = _group("plain", [0.5]).runs[0], _group("plain", [0.6]).runs[0]
+    old.config = {"arch": {"name": "plain", "depth": 20}, "seed": 0}
+    new.config = {"arch": {"name": "plain", "depth": 20}, "seed": 1, "deterministic": False}
+    assert aggregate.config_key(old) == aggregate.config_key(new)
+    new.config["deterministic"] = True
+    assert aggregate.config_key(old) != aggregate.config_key(new)
+
+
+def test_a_figure_draws_a_config_once_per_environment():
+    one, two = _group("resnet", [0.1, 0.2]).runs, _group("resnet", [0.3, 0.4], threads=2).runs
+    configs = over_seeds.by_config([*one, *two])
+    assert [c.detail for c in configs] == ["threads=1", "threads=2"]
+    assert [len(c.runs) for c in configs] == [2, 2]

@@ -133,7 +133,7 @@ def new_record(
         paper_test_error=paper_test_error(model.spec, datamodule.name, augmented(cfg.dataset))
         if command == "train"
         else None,
-        environment=environment(),  # a training run's is read again once its Trainer has set its flags
+        environment=environment(device.cuda),  # a training run's is read again once its Trainer set its flags
     )
 
 

@@ -38,11 +38,11 @@ NUMERICAL_KEYS = (
 )
 
 
-def environment() -> dict[str, Any]:
-    """The environment of the computation starting now (JSON-able; keys as in summary.json)."""
+def environment(cuda: bool) -> dict[str, Any]:
+    """The environment of a computation starting now, on a CUDA GPU or not (`cuda`: where it computes, not
+    whether the machine has a GPU; JSON-able; keys as in summary.json)."""
     import torch  # here: the report reads environments without torch
 
-    cuda = torch.cuda.is_available()
     return {
         **_software(torch),
         "cuda": torch.version.cuda if cuda else None,
@@ -55,10 +55,7 @@ def environment() -> dict[str, Any]:
         "interop_threads": torch.get_num_interop_threads(),
         "thread_env": {name: os.environ.get(name) for name in THREAD_VARIABLES},
         "matmul_precision": torch.get_float32_matmul_precision(),
-        # TF32 rounds float32 matmuls (and convolutions, cuDNN's flag) to 10 mantissa bits on Ampere and later
-        "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
-        if cuda
-        else False,
+        "tf32": _tf32(torch) if cuda else False,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         "gpu": torch.cuda.get_device_name() if cuda else None,
@@ -73,6 +70,13 @@ def numerical(env: dict[str, Any] | None) -> tuple:
     return tuple(str(env.get(key)) for key in NUMERICAL_KEYS)
 
 
+def difference(env: dict[str, Any] | None, others: list[dict[str, Any] | None]) -> str:
+    """What sets `env` apart among `others` (`threads=2, cpu_capability=AVX2`): its values of the numerical
+    keys on which they differ; empty where they do not."""
+    keys = [key for key in NUMERICAL_KEYS if len({str((other or {}).get(key)) for other in others}) > 1]
+    return ", ".join(f"{key}={(env or {}).get(key)}" for key in keys)
+
+
 def describe(env: dict[str, Any] | None) -> str:
     """One line naming an environment: `AMD EPYC (AVX512), 2 threads, torch 2.14.1` (and the GPU)."""
     if not env:
@@ -84,6 +88,13 @@ def describe(env: dict[str, Any] | None) -> str:
         else ""
     )
     return f"{where}{gpu}, torch {env.get('torch')}"
+
+
+def _tf32(torch: Any) -> bool:
+    """Whether float32 matmuls or convolutions may round to TF32's 10 mantissa bits: the flags allow it and
+    the GPU has TF32 (Ampere and later)."""
+    allowed = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    return bool(allowed and torch.cuda.get_device_capability()[0] >= 8)
 
 
 @cache

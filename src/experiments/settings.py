@@ -188,6 +188,7 @@ def check(cfg: DictConfig) -> None:
     """Raise a one-line UserError for the first setting of `cfg` that cannot run."""
     check_keys(cfg)
     check_trainer_keys(cfg)
+    check_deterministic(cfg)
     spec = check_arch(cfg)
     check_shape(cfg, spec)
     check_val_size(cfg)
@@ -236,10 +237,25 @@ def check_imagefolder_root(root: Path) -> None:
             )
 
 
+def check_deterministic(cfg: DictConfig) -> None:
+    """deterministic=true steps eagerly: torch.compile's modes that record CUDA graphs of their own are
+    refused with it, as cuda_graph=true is."""
+    if cfg.get("deterministic") and cfg.get("compile") in ("reduce-overhead", "max-autotune"):
+        raise UserError(
+            f"compile={cfg.compile} records CUDA graphs, which deterministic=true does not trust to repeat "
+            "bit for bit: use compile=true or compile=false with it"
+        )
+
+
 def check_trainer_keys(cfg: DictConfig) -> None:
     """Each trainer/ key must be an argument of Lightning's Trainer: one that is not is named, with the
     nearest that is."""
     for key in cfg.get("trainer") or {}:
+        if key == "deterministic":  # the project's setting does more than Lightning's flag
+            raise UserError(
+                f"trainer.deterministic: set deterministic={cfg.trainer[key]} instead (it also keeps the "
+                "steps eager and cuDNN's autotuner off)"
+            )
         if str(key).startswith("_") or key in TRAINER_ARGUMENTS:
             continue
         (nearest,) = difflib.get_close_matches(str(key), TRAINER_ARGUMENTS, n=1, cutoff=0) or ("?",)

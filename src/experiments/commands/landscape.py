@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from experiments.commands.analysis import OneLineParser, main_over_runs, positive_int
+from experiments.environment import environment
 from experiments.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -99,16 +100,6 @@ def fixed_images(run: Any, images: int, split: str, seed: int) -> Batches:
     return list(zip(x.split(CHUNK), chosen.labels.split(CHUNK), strict=True))
 
 
-def measurement_environment() -> dict[str, Any]:
-    """Where the measurement ran, for the sidecar: experiments.environment's description where that module
-    exists, else nothing."""
-    try:
-        from experiments.environment import environment
-    except ImportError:
-        return {}
-    return environment()
-
-
 def write_measurement(
     run_dir: Path, name: str, rows: list[dict[str, Any]], options: argparse.Namespace, **facts: Any
 ) -> Path:
@@ -121,7 +112,7 @@ def write_measurement(
         "weights": "initial (checkpoints/init.ckpt)" if options.init else "final (checkpoints/last.ckpt)",
         "options": {k: v for k, v in vars(options).items() if k != "runs"},
         **facts,
-        "environment": measurement_environment(),
+        "environment": environment(str(facts.get("device", "cpu")).startswith("cuda")),
     }
     write_rows(run_dir / f"{stem}.csv", rows)
     write_json(run_dir / f"{stem}.json", sidecar)
@@ -149,6 +140,13 @@ def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
         yield lambda: bar.update(1)
 
 
+def at_least_two(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (a slice's two ends), got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="experiments landscape",
@@ -159,7 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_common_options(parser, images=256)
     parser.add_argument("--directions", type=positive_int, default=3, help="1-D slices (default 3)")
-    parser.add_argument("--points", type=positive_int, default=41, help="points of a 1-D slice (default 41)")
+    parser.add_argument(
+        "--points", type=at_least_two, default=41, help="points of a 1-D slice, ends included (default 41)"
+    )
     parser.add_argument("--span", type=float, default=1.0, help="steps over [-span, span] (default 1)")
     parser.add_argument(
         "--grid", type=positive_int, default=21, help="points a side of the surface (default 21)"

@@ -84,6 +84,8 @@ def over_seeds(run_dirs: list[Path]) -> list[str]:
 
 def main(args: list[str]) -> int:
     status = main_over_runs(_parser(), args, lesion)
-    for line in over_seeds(_parser().parse_args(args).runs):  # parsed again: the first parse said no
+    for line in over_seeds(
+        _parser().parse_args(args).runs
+    ):  # main_over_runs parsed them already, without error
         print(line)
     return status

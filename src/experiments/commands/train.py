@@ -70,7 +70,9 @@ def train(
     )
     segments = Segments(resume.environments)
     trainer = _trainer(cfg, run_dir, device, [epochs, *instruments.callbacks, segments])
-    segments.begin(record)  # once the Trainer has set the numerical flags (deterministic, cuDNN's autotuner)
+    segments.begin(
+        record, device.cuda
+    )  # once the Trainer has set the numerical flags (deterministic, cuDNN's autotuner)
     tracker = _start_tracking(cfg, run_dir, record, resume) if rank_zero_only.rank == 0 else None
     trainer.loggers = _loggers(cfg, run_dir, tracker, resume)
     outcome = fit_and_test(trainer, module, datamodule, resume.path, cfg, run_dir)
@@ -156,7 +158,7 @@ class Resume:
     path: Path | None = None
     epoch: int | None = None  # the epoch the checkpoint ended
     step: int = -1  # its global step
-    environments: list[dict[str, Any]] = field(default_factory=list)  # of the segments that wrote it
+    environments: list[dict[str, Any] | None] = field(default_factory=list)  # of the segments that wrote it
 
     @classmethod
     def find(cls, cfg: DictConfig, run_dir: Path) -> Resume:
@@ -166,7 +168,7 @@ class Resume:
             return cls()
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-            segments = checkpoint.get(Segments.KEY) or []
+            segments = checkpoint.get(Segments.KEY, [None])  # a checkpoint that does not say: one unknown
             return cls(path, int(checkpoint["epoch"]), int(checkpoint["global_step"]), list(segments))
         except Exception as error:
             raise UserError(
@@ -181,13 +183,13 @@ class Segments(pl.Callback):
 
     KEY = "environments"
 
-    def __init__(self, earlier: list[dict[str, Any]]) -> None:
+    def __init__(self, earlier: list[dict[str, Any] | None]) -> None:
         self.environments = list(earlier)
 
-    def begin(self, record: RunRecord) -> None:
+    def begin(self, record: RunRecord, cuda: bool) -> None:
         """This segment's environment into the record: `environment` the first, `environments` all of them
-        where there are several."""
-        self.environments.append(environment())
+        where there are several (an earlier segment whose checkpoint did not say is null)."""
+        self.environments.append(environment(cuda))
         record.environment = self.environments[0]
         record.environments = self.environments if len(self.environments) > 1 else None
 

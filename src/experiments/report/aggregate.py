@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from scipy import stats
 
 from experiments import environment
 from experiments.report.collect import Run
+from experiments.rundir import HASH_NEUTRAL
 
 KEYS = ("train_error", "val_error", "test_error", "train_loss", "val_loss")
 METRICS = {"train_error": "training error", "test_error": "test error"}  # what verdicts are drawn on
@@ -97,7 +100,8 @@ def config_key(run: Run, *leave_out: str) -> str:
     else:
         config = {"arch": {"name": run.arch, "depth": run.depth, "memory_efficient": run.memory_efficient}}
         config.update({k: run.get(k) for k in ("dataset", "precision", "epochs")})
-    for dotted in leave_out:
+    neutral = [k for k, v in HASH_NEUTRAL.items() if _select(config, k, _ABSENT) in (v, _ABSENT)]
+    for dotted in [*leave_out, *neutral]:  # a config saved before a neutral key existed is the same config
         *parents, key = dotted.split(".")
         node = config
         for parent in parents:
@@ -105,6 +109,18 @@ def config_key(run: Run, *leave_out: str) -> str:
         if isinstance(node, dict):
             node.pop(key, None)
     return json.dumps(config, sort_keys=True, default=str)
+
+
+_ABSENT = object()
+
+
+def _select(config: dict[str, Any], dotted: str, default: Any) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def environments(runs: list[Run]) -> list[tuple]:
@@ -158,7 +174,7 @@ def differences(runs: list[Run]) -> dict[int, str]:
         keys = sorted({k for flat in flats for k in flat})
         differing = [k for k in keys if len({json.dumps(flat.get(k), default=str) for flat in flats}) > 1]
         for run, flat in zip(same_net, flats, strict=True):
-            found[id(run)] = ", ".join(f"{k}={flat.get(k)}" for k in differing[:3])
+            found[id(run)] = ", ".join(f"{k}={flat.get(k)}" for k in differing)
     return found
 
 
@@ -194,6 +210,8 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
+        if math.isnan(self.difference):
+            return "unresolved: a side has no values of it"
         if self.p_value is None:
             return "unresolved: fewer than 2 seeds on a side (run seed=0,1,2,3,4)"
         if not self.resolved:
@@ -204,6 +222,8 @@ class Comparison:
 
 def compare(a: Group, b: Group, metric: str) -> Comparison:
     x, y = a.values(metric), b.values(metric)
+    if not x or not y:  # records that hold no such figure (older ones, a run that never finished an epoch)
+        return Comparison(a, b, metric, math.nan)
     difference = statistics.mean(x) - statistics.mean(y)
     if len(x) < 2 or len(y) < 2:
         return Comparison(a, b, metric, difference)
@@ -216,7 +236,12 @@ def compare(a: Group, b: Group, metric: str) -> Comparison:
     return Comparison(a, b, metric, difference, difference - half, difference + half, float(p_value))
 
 
-def _pairs(found: list[Group], first: Any, second: Any, key: Any) -> list[tuple[Group, Group]]:
+def _pairs(
+    found: list[Group],
+    first: Callable[[Group], bool],
+    second: Callable[[Group], bool],
+    key: Callable[[Group], Hashable],
+) -> list[tuple[Group, Group]]:
     """(a, b) for each group `first` picks and each group `second` picks with the same `key`: in the same
     environment where there is one such, else in every environment there is."""
     seconds: dict[Any, list[Group]] = defaultdict(list)

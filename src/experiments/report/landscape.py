@@ -37,34 +37,40 @@ def table(run: Run, name: str) -> list[dict[str, Any]]:
     return []
 
 
-def _by_config(runs: list[Run], name: str) -> list[tuple[list[Run], list[list[dict[str, Any]]]]]:
+def _by_config(runs: list[Run], name: str) -> list[tuple[over_seeds.Config, list[list[dict[str, Any]]]]]:
     """The runs holding `name`, grouped by config (all but the seed; each seed once), with their rows."""
     measured = {id(run): rows for run in runs if (rows := table(run, name))}
     configs = over_seeds.by_config([run for run in runs if id(run) in measured])
-    return [(config.runs, [measured[id(run)] for run in config.runs]) for config in configs]
+    return [(config, [measured[id(run)] for run in config.runs]) for config in configs]
 
 
 def _log_mean_band(
     curves: list[dict[float, float]],
 ) -> tuple[list[float], list[float], list[float], list[float]]:
-    """(x, geometric mean, min, max) over `curves` (x -> positive value) at the x all of them hold."""
+    """(x, geometric mean, min, max) over `curves` (x -> positive value) at the x all of them hold; a loss
+    that overflowed (inf, nan) is left out of its point."""
+    curves = [{x: v for x, v in curve.items() if math.isfinite(v)} for curve in curves]
     xs = sorted(set.intersection(*(set(curve) for curve in curves)))
     values = [[curve[x] for curve in curves] for x in xs]
     means = [math.exp(statistics.mean(math.log(max(v, 1e-300)) for v in column)) for column in values]
     return xs, means, [min(column) for column in values], [max(column) for column in values]
 
 
-def _label(members: list[Run]) -> str:
-    return f"{members[0].label} on {members[0].dataset} (n={len(members)})"
+def _label(config: over_seeds.Config) -> str:
+    first, detail = config.runs[0], f", {config.detail}" if config.detail else ""
+    return f"{first.label} on {first.dataset}{detail} (n={len(config.runs)})"
 
 
-def _draw_bands(ax: plt.Axes, groups: list[tuple[list[Run], list[dict[float, float]]]], colors: dict) -> None:
-    for members, curves in groups:
+def _draw_bands(
+    ax: plt.Axes, groups: list[tuple[over_seeds.Config, list[dict[float, float]]]], colors: dict
+) -> None:
+    for config, curves in groups:
         if not curves:
             continue
         xs, means, low, high = _log_mean_band(curves)
-        style = {"color": colors[members[0].depth], "linestyle": LINESTYLES.get(members[0].arch, ":")}
-        ax.plot(xs, means, label=_label(members), **style)
+        first = config.runs[0]
+        style = {"color": colors[first.depth], "linestyle": LINESTYLES.get(first.arch, ":")}
+        ax.plot(xs, means, label=_label(config), **style)
         ax.fill_between(xs, low, high, alpha=0.2, color=style["color"])
 
 
@@ -83,15 +89,15 @@ def landscape_1d(runs: list[Run], out: Path) -> list[Figure]:
     initial weights to the final ones (Goodfellow et al. 2015) where measured: a line per net (geometric mean
     over directions and seeds), a band from the lowest to the highest."""
     groups = _by_config(runs, "landscape.csv")
-    slices = [(members, _curves(tables, "slice_1d")) for members, tables in groups]
-    lines = [(members, _curves(tables, "interpolation")) for members, tables in groups]
+    slices = [(config, _curves(tables, "slice_1d")) for config, tables in groups]
+    lines = [(config, _curves(tables, "interpolation")) for config, tables in groups]
     if not any(curves for _, curves in slices):
         return [None]
     interpolated = any(curves for _, curves in lines)
     fig, axes = plt.subplots(
         1, 2 if interpolated else 1, figsize=(12.5 if interpolated else 7, 4.4), squeeze=False
     )
-    colors = depth_colors([members[0] for members, _ in groups])
+    colors = depth_colors([config.runs[0] for config, _ in groups])
     _draw_bands(axes[0][0], slices, colors)
     axes[0][0].set(yscale="log", xlabel="step along the direction (filter norms)", ylabel="training loss")
     axes[0][0].set_title("1-D slices (band: min..max over directions and seeds)")
@@ -124,15 +130,21 @@ def landscape_2d(runs: list[Run], out: Path) -> list[Figure]:
     shown = measured[:PANELS_2D]
     if not shown:
         return [None]
-    low = min(float(np.min(s[2][s[2] > 0])) for _, s in shown)
-    high = max(float(np.max(s[2])) for _, s in shown)
+    finite = [s[2][np.isfinite(s[2]) & (s[2] > 0)] for _, s in shown]  # an overflowed loss is no level
+    low = min(float(np.min(f)) for f in finite if f.size)
+    high = max(float(np.max(f)) for f in finite if f.size)
     levels = np.logspace(math.log10(low), math.log10(max(high, low * 1.01)), 20)
     columns = min(len(shown), 4)
     rows = -(-len(shown) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.9 * rows), squeeze=False)
     for ax, (run, (grid_x, grid_y, loss)) in zip(axes.flat, shown, strict=False):
         contours = ax.contour(
-            grid_x, grid_y, np.clip(loss, low, None), levels=levels, norm=LogNorm(), cmap="viridis"
+            grid_x,
+            grid_y,
+            np.clip(np.nan_to_num(loss, nan=high, posinf=high), low, None),
+            levels=levels,
+            norm=LogNorm(),
+            cmap="viridis",
         )
         fig.colorbar(contours, ax=ax, fraction=0.046, label="training loss")  # the same levels in each
         ax.plot(0, 0, "k+")  # the trained weights
@@ -155,7 +167,7 @@ def paths(runs: list[Run], out: Path) -> list[Figure]:
     groups = _by_config(runs, "paths.csv")
     if not groups:
         return [None]
-    colors = depth_colors([members[0] for members, _ in groups])
+    colors = depth_colors([config.runs[0] for config, _ in groups])
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     panels = [
         ("paths", "number of paths", "Paths of each length: C(n, k)"),
@@ -163,7 +175,7 @@ def paths(runs: list[Run], out: Path) -> list[Figure]:
         ("contribution", "total gradient norm per image", "Total gradient from paths of length k"),
     ]
     for ax, (column, ylabel, title) in zip(axes, panels, strict=True):
-        _draw_bands(ax, [(members, _path_curves(tables, column)) for members, tables in groups], colors)
+        _draw_bands(ax, [(config, _path_curves(tables, column)) for config, tables in groups], colors)
         ax.set(xlabel="path length k (residual branches passed)", ylabel=ylabel, title=title)
         ax.set_yscale("log" if column == "grad_norm_mean" else "linear")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -173,9 +185,14 @@ def paths(runs: list[Run], out: Path) -> list[Figure]:
     return [("Gradient by path length", save(fig, out / "paths.png"))]
 
 
-def _geometric_mean(values: list[float]) -> float | None:
-    values = [v for v in values if isinstance(v, float) and v > 0]
-    return math.exp(statistics.mean(map(math.log, values))) if values else None
+def _geometric_mean(values: list[float | None]) -> float | None:
+    """The geometric mean over seeds; the arithmetic mean where a value is not positive (a trace or an
+    eigenvalue away from a minimum can be negative), None where a seed has none."""
+    if not values or any(not isinstance(v, float) or not math.isfinite(v) for v in values):
+        return None
+    if min(values) <= 0:
+        return statistics.mean(values)
+    return math.exp(statistics.mean(map(math.log, values)))
 
 
 def _number(value: float | None) -> str:
@@ -202,14 +219,15 @@ def curvature_table(runs: list[Run]) -> str:
     head = ["net", "n", *(title for _, title in CURVATURE_COLUMNS), "train loss"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     losses = []
-    for members, tables in groups:
+    for config, tables in groups:
+        members = config.runs
         values = [{row["quantity"]: row["value"] for row in rows} for rows in tables]
         cells = [
             _number(_geometric_mean([v.get(quantity) for v in values])) for quantity, _ in CURVATURE_COLUMNS
         ]
         loss = _geometric_mean([run.get("train_loss") for run in members])
         losses.append(loss)
-        label = f"{members[0].label} on {members[0].dataset}"
+        label = _label(config).rsplit(" (n=", 1)[0]
         lines.append("| " + " | ".join([label, str(len(members)), *cells, _number(loss)]) + " |")
     known = [loss for loss in losses if loss]
     text = "\n".join(lines) + "\n"

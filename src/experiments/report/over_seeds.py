@@ -8,7 +8,9 @@ import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
+from experiments import environment
 from experiments.report.aggregate import config_key, differences
 from experiments.report.collect import Run
 
@@ -43,14 +45,30 @@ class Config:
 
 
 def by_config(runs: list[Run]) -> list[Config]:
-    """`runs` grouped by config and command, each seed once, in the runs' order."""
-    found: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        same = found.setdefault((config_key(run), run.command), [])
-        if run.get("seed") not in [r.get("seed") for r in same]:
+    """`runs` grouped by config, environment and command, in the runs' order; each seed once (a completed
+    run before any other of its seed). A config in several environments is one line per environment, named
+    by what differs between them (`threads=2`)."""
+    found: dict[tuple[str, tuple, str], list[Run]] = {}
+    for run in sorted(runs, key=lambda r: r.status != "completed"):
+        key = (config_key(run), environment.numerical(run.get("environment")), run.command)
+        same = found.setdefault(key, [])
+        if _seed(run) not in [_seed(r) for r in same]:
             same.append(run)
-    details = differences([group[0] for (_, command), group in found.items() if command == "train"])
-    return [Config(group, details.get(id(group[0]), "")) for group in found.values()]
+    order = {id(run): i for i, run in enumerate(runs)}
+    groups = sorted(found.items(), key=lambda item: min(order[id(r)] for r in item[1]))
+    details = differences([group[0] for (_, _, command), group in groups if command == "train"])
+    envs: dict[str, list[dict | None]] = defaultdict(list)
+    for (config, _, _), group in groups:
+        envs[config].append(group[0].get("environment"))
+    configs = []
+    for (config, _, _), group in groups:
+        where = environment.difference(group[0].get("environment"), envs[config])
+        configs.append(Config(group, ", ".join(filter(None, [details.get(id(group[0]), ""), where]))))
+    return configs
+
+
+def _seed(run: Run) -> Any:
+    return run.get("seed") if run.record else run.config.get("seed")
 
 
 def signal_over_seeds(

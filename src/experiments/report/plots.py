@@ -42,9 +42,8 @@ def training_error(runs: list[Run], out: Path) -> list[Figure]:
     dashed and residual solid: one figure per dataset."""
     figures: list[Figure] = []
     by_dataset: dict[str, list[Run]] = defaultdict(list)
-    for run in runs:
-        if run.command == "train" and run.train_errors:
-            by_dataset[run.dataset].append(run)
+    for run in _completed_training(runs):  # an interrupted run would cut its config's line short
+        by_dataset[run.dataset].append(run)
     for dataset, group in sorted(by_dataset.items()):
         colors = depth_colors(group)
         fig, ax = plt.subplots(figsize=(7, 4.5))

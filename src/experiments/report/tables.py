@@ -85,10 +85,13 @@ def markdown_table(runs: list[Run]) -> str:
 
 
 def mean_interval(values: list[float]) -> tuple[float, float] | None:
-    """The 95% confidence interval of the mean of `values` (Student's t), or None for fewer than two."""
+    """The confidence interval (1 - aggregate.LEVEL: 95%) of the mean of `values` (Student's t), or None for
+    fewer than two."""
     if len(values) < 2:
         return None
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    half = (
+        stats.t.ppf(1 - aggregate.LEVEL / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    )
     mean = statistics.mean(values)
     return mean - half, mean + half
 
@@ -142,12 +145,11 @@ def comparisons_section(comparisons: list[aggregate.Comparison]) -> str:
 
 
 def environments_section(runs: list[Run]) -> str:
-    """The distinct environments the runs were computed in, and how many runs each."""
-    found: dict[tuple, list[Run]] = {}
-    for run in runs:
-        found.setdefault(environment.numerical(run.get("environment")), []).append(run)
+    """The distinct environments the runs were computed in (E1, E2, ... as the groups name them), and how
+    many runs each."""
     lines = []
-    for i, same in enumerate(found.values(), 1):
+    for i, env in enumerate(aggregate.environments(runs), 1):
+        same = [run for run in runs if environment.numerical(run.get("environment")) == env]
         hosts = sorted({str((run.get("environment") or {}).get("host")) for run in same})
         lines.append(
             f"- E{i}: {environment.describe(same[0].get('environment'))}; {len(same)} runs "

@@ -93,13 +93,23 @@ class PackedLauncher(Launcher):
 
 
 def _refuse_deterministic_on_gpu(configs: list[DictConfig]) -> None:
-    """Runs packed on one GPU overlap their kernels on several streams; bit-for-bit repeats are promised for
-    one run a process only (deterministic=true with the basic launcher)."""
+    """`deterministic` is one setting for the whole process (torch's deterministic algorithms): packed runs
+    must agree on it. On a GPU, packed runs overlap their kernels on several streams, and bit-for-bit repeats
+    are promised for one run a process only (deterministic=true with the basic launcher)."""
     import torch
 
-    if torch.cuda.is_available() and any(c.get("deterministic") for c in configs):
-        from experiments.sweep import SweepRefused
+    from experiments.sweep import SweepRefused
 
+    wanted = {bool(c.get("deterministic")) for c in configs}
+    if len(wanted) > 1:
+        raise SweepRefused(
+            "hydra/launcher=packed runs share one process, whose deterministic setting is one: give "
+            "deterministic one value, or use the basic launcher"
+        )
+    on_gpu = (
+        any(c.trainer.get("accelerator") in ("gpu", "cuda") for c in configs) or torch.cuda.is_available()
+    )
+    if wanted == {True} and on_gpu and not all(c.trainer.get("accelerator") == "cpu" for c in configs):
         raise SweepRefused(
             "deterministic=true trains one run a process on a GPU: hydra/launcher=packed overlaps runs on "
             "one GPU's streams; use the basic launcher"
