@@ -9,7 +9,10 @@
 #    128, and the time He et al.'s ResNet-56 recipe (64k iterations x 128) would take;
 # 3. ResNet-56 again with torch.compile's kernels inside the graph (compile=true), in three rounds;
 # 4. where each path's step time goes (bench/step_profile.py: launches, syncs, GPU busy time, the kernels
-#    it goes to), with the profiler traces saved under $TRACES.
+#    it goes to), with the profiler traces saved under $TRACES;
+# 5. deterministic=true: the same command twice gives the same metrics.csv on the GPU; and what a loss
+#    surface costs there: a 21x21 surface of a ResNet-56 over 10k images (multiply by 5.9 for the paper's
+#    51x51), after a one-epoch run on synthetic 32 px images.
 # Copy the tables, with the card's name, into docs/performance.md.
 #
 # Usage: bench/gpu_check.sh   (PYTHON=... picks the interpreter, TRACES=... where the traces go: by default
@@ -30,4 +33,10 @@ run_for 140 "$PYTHON" bench/speed.py --gpu --epochs 2 --repeats 1
 run_for 140 "$PYTHON" bench/speed.py --gpu --compile --epochs 2 --repeats 3 --cases resnet56
 # the compiled graphs are in inductor's on-disk cache by now: each path compiles in seconds
 run_for 70 "$PYTHON" bench/step_profile.py --gpu --cases resnet56 --compile --traces "$TRACES"
+run_for 90 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_train.py -k deterministic_runs_repeat
+SURFACE=$(mktemp -d)
+run_for 60 "$PYTHON" -m experiments train arch=resnet56 dataset=synthetic dataset.train_size=10000 \
+    trainer.max_epochs=1 logger=none "hydra.run.dir=$SURFACE/resnet56"
+run_for 150 /usr/bin/time -f "landscape 21x21 over 10k images: %e s" "$PYTHON" -m experiments landscape \
+    --grid 21 --directions 2 --points 3 --images 10000 --no-interpolation "$SURFACE/resnet56"
 exit $failed

@@ -94,3 +94,17 @@ def keyed_digits_sweep(tmp_path_factory, session_cli) -> tuple[Path, str]:
 def digits_sweep(keyed_digits_sweep) -> Path:
     """The root of that sweep."""
     return keyed_digits_sweep[0]
+
+
+@pytest.fixture(scope="session")
+def three_seeds(tmp_path_factory, session_cli) -> Path:
+    """`train -m arch=plain,resnet arch.depth=8 seed=0,1,2 dataset=digits trainer.max_epochs=1`, and a lesion
+    of each run, once a session: the sweep's directory."""
+    root = tmp_path_factory.mktemp("seeds")
+    args = ["arch=plain,resnet", "arch.depth=8", "seed=0,1,2", "dataset=digits", "trainer.max_epochs=1"]
+    session_cli(root, ["train", "-m", *args, "logger=none", "hydra.sweep.dir=sweep"])
+    runs = run_dirs(root / "sweep")
+    printed = session_cli(root, ["lesion", "--draws", "2", "--test-images", "100", *map(str, runs)])
+    assert "resnet-8 on digits: one block deleted raises the test error by " in printed
+    assert "(mean over 3 trained seeds)" in printed or "did not train: seed" in printed
+    return root / "sweep"

@@ -15,7 +15,6 @@ from experiments import specs
 from experiments.config import compose
 from experiments.models import create_model
 from experiments.papers import HUANG_2017, paper_test_error
-from tests.conftest import TINY
 from tests.helpers import run_dirs, summary
 from tests.test_data import skip_md5, write_cifar  # noqa: F401  (a fixture, used by name)
 
@@ -119,10 +118,8 @@ def test_a_net_gets_the_paper_number_of_what_it_is_not_of_how_it_was_spelt():
     assert paper_test_error(specs.resolve("densenet40"), "cifar10", True) == 0.0524
 
 
-def test_seeds_are_taken_together_and_differences_tested(cli, workdir):
-    result = cli("train", "-m", "arch=plain,resnet", "arch.depth=8", "seed=0,1,2", *TINY, "logger=none")
-    assert result.status == 0, result.err
-    sweep = run_dirs(workdir / "multirun")[0].parent
+def test_seeds_are_taken_together_and_differences_tested(cli, workdir, three_seeds):
+    sweep = three_seeds
     assert cli("report", str(sweep), "--out", "report", "--logger", "none").status == 0
     aggregate = {r["arch"]: r for r in read(workdir / "report" / "aggregate.csv")}
     assert set(aggregate) == {"plain", "resnet"}

@@ -21,20 +21,6 @@ from experiments.report.style import MAX_LEGEND, collapsed
 from tests.helpers import run_dirs, summary
 
 
-@pytest.fixture(scope="module")
-def three_seeds(tmp_path_factory, session_cli) -> Path:
-    """plain-8 and resnet-8 on digits, seeds 0, 1, 2, one epoch each, and a lesion of each: the sweep's
-    directory."""
-    root = tmp_path_factory.mktemp("seeds")
-    args = ["arch=plain,resnet", "arch.depth=8", "seed=0,1,2", "dataset=digits", "trainer.max_epochs=1"]
-    session_cli(root, ["train", "-m", *args, "logger=none", "hydra.sweep.dir=sweep"])
-    runs = run_dirs(root / "sweep")
-    printed = session_cli(root, ["lesion", "--draws", "2", "--test-images", "100", *map(str, runs)])
-    assert "resnet-8 on digits: one block deleted raises the test error by " in printed
-    assert "(mean over 3 trained seeds)" in printed or "did not train: seed" in printed
-    return root / "sweep"
-
-
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open() as f:
         return list(csv.DictReader(f))
