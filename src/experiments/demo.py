@@ -43,9 +43,10 @@ def train_sweep(out: Path, overrides: list[str], threads: int = 1) -> int:
     out.mkdir(parents=True, exist_ok=True)
     processes = []
     for arch in ("plain", "resnet") if threads == 1 else ("plain,resnet",):
-        command = [*SWEEP, f"arch={arch}", *overrides, f"hydra.sweep.dir={out / arch.split(',')[0]}"]
+        folder = "both" if "," in arch else arch
+        command = [*SWEEP, f"arch={arch}", *overrides, f"hydra.sweep.dir={out / folder}"]
         print(f"$ OMP_NUM_THREADS={threads} experiments {' '.join(command)}", flush=True)
-        log = (out / f"{arch.split(',')[0]}.log").open("w")
+        log = (out / f"{folder}.log").open("w")
         processes.append(
             (
                 subprocess.Popen(
