@@ -150,6 +150,7 @@ def _chain(error: BaseException | None) -> str:
 
 REASONS = (
     (("Connection refused", "ConnectionRefusedError"), "connection refused"),
+    (("Connection reset", "ConnectionResetError"), "the connection was reset"),
     (("timed out", "Timeout"), f"no answer within {HTTP_TIMEOUT_S} s"),
     (("JSONDecodeError", "Expecting value"), "it answers, but not as Comet does (a captive portal?)"),
     (("Name or service not known", "name resolution", "nodename nor servname"), "its name does not resolve"),
