@@ -71,6 +71,7 @@ def test_train_help_and_cfg_are_hydras(cli, workdir):
     assert list(workdir.iterdir()) == [workdir / "home"]
 
 
+@pytest.mark.slow  # seconds each: run by make test-slow
 def test_every_preset_is_an_arch_option_that_builds_its_net():
     """One source: `arch=<preset>` composes to the net `create_model(<preset>)` builds (on the meta device,
     datasets' shapes in turn), and so does a family spelt out (`arch=densenet arch.form=imagenet ...`)."""

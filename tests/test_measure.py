@@ -89,6 +89,7 @@ def test_activation_bytes_are_the_same_on_meta_and_on_cpu():
     assert activation_bytes(model, (8, 3, 32, 32)) == on_cpu
 
 
+@pytest.mark.slow  # seconds each: run by make test-slow
 def test_densenet_memory_is_quadratic_naive_and_linear_efficient():
     depths = [40, 100, 190]
 

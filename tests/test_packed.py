@@ -11,6 +11,7 @@ from tests.helpers import archive_metrics, run_dirs, summary
 SWEEP = ["arch=plain,resnet", "arch.depth=8", "seed=0", *TINY]
 
 
+@pytest.mark.slow  # seconds each: run by make test-slow
 def test_packed_runs_are_the_runs_they_would_be_alone(cli, workdir):
     """On a CPU in float32: the same metrics.csv, byte for byte, and the same errors; each run's record names
     the runs it shared the process with, and its Comet archive holds its own metrics."""

@@ -94,6 +94,7 @@ def cifar(workdir, skip_md5):  # noqa: F811
     ]
 
 
+@pytest.mark.slow  # seconds each: run by make test-slow
 def test_a_paper_number_reaches_the_record_and_the_report_for_every_matching_run(cli, workdir, cifar):
     result = cli("train", "-m", "arch=resnet,plain", "arch.depth=8,20", *cifar, "hydra.sweep.dir=sweep")
     assert result.status == 0, result.err

@@ -27,6 +27,7 @@ from typing import Any
 from scipy import stats
 
 from experiments import environment
+from experiments.record import flatten
 from experiments.report.collect import Run
 from experiments.rundir import HASH_NEUTRAL
 
@@ -152,16 +153,6 @@ def groups(runs: list[Run]) -> list[Group]:
     return list(found.values())
 
 
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def differences(runs: list[Run]) -> dict[int, str]:
     """For each run (by id), the config values that set it apart from the other runs of the same net and
     dataset (`optim.lr=0.1, schedule.warmup_steps=22`); empty where it is the only config of its net."""
@@ -170,7 +161,7 @@ def differences(runs: list[Run]) -> dict[int, str]:
         by_net[(run.label, run.dataset)].append(run)
     found = {id(run): "" for run in runs}
     for same_net in by_net.values():
-        flats = [_flat(json.loads(config_key(run))) for run in same_net]
+        flats = [flatten(json.loads(config_key(run))) for run in same_net]
         keys = sorted({k for flat in flats for k in flat})
         differing = [k for k in keys if len({json.dumps(flat.get(k), default=str) for flat in flats}) > 1]
         for run, flat in zip(same_net, flats, strict=True):
