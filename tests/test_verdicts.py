@@ -159,3 +159,24 @@ def test_a_figure_draws_a_config_once_per_environment():
     configs = over_seeds.by_config([*one, *two])
     assert [c.detail for c in configs] == ["threads=1", "threads=2"]
     assert [len(c.runs) for c in configs] == [2, 2]
+
+
+def test_a_damaged_measurement_file_costs_its_figure_not_the_report(three_seeds, cli, workdir):
+    (run,) = [run for run in run_dirs(three_seeds) if run.name.startswith("resnet8-digits-s0")]
+    copy = workdir / "runs" / run.name
+    shutil.copytree(run, copy)
+    (copy / "landscape.csv").write_text("kind,direction,x,y,loss,error\nslice_1d,0,abc,,1.0,0.5\n")
+    (copy / "paths.csv").write_bytes(b"\x00\xff garbage")
+    result = cli("report", "runs", "--out", "report", "--logger", "none")
+    assert result.status == 0, result.err
+    for name in ("landscape.csv", "paths.csv"):
+        assert result.err.count(f"{copy.relative_to(workdir) / name} is damaged: left out of the report") == 1
+    assert (workdir / "report" / "report.md").exists()
+
+
+@pytest.mark.parametrize("span", ["-1", "0", "nan", "inf"])
+def test_a_span_that_is_no_distance_is_refused_before_any_pass(span, three_seeds, cli):
+    (run,) = [run for run in run_dirs(three_seeds) if run.name.startswith("resnet8-digits-s1")]
+    result = cli("landscape", "--span", span, "--points", "3", "--no-surface", str(run))
+    assert result.status == 2 and "argument --span: must be a finite number > 0" in result.error_line()
+    assert not (run / "landscape.csv").exists()

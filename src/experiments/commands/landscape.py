@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +42,9 @@ def add_common_options(parser: argparse.ArgumentParser, images: int) -> None:
         default="train",
         help="where the images come from (default train)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the images and random draws (default 0)")
+    parser.add_argument(
+        "--seed", type=seed_value, default=0, help="seed of the images and random draws (default 0)"
+    )
     parser.add_argument(
         "--init",
         action="store_true",
@@ -126,8 +129,9 @@ def timed(function: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def duration(seconds: float) -> str:
+    """`12 s`, `3 min`: a cost estimate, read after `about`."""
     if seconds < 1:
-        return "under a second"
+        return "1 s"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
@@ -138,6 +142,20 @@ def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
 
     with tqdm(total=total, desc=label, disable=not sys.stderr.isatty(), leave=False, file=sys.stderr) as bar:
         yield lambda: bar.update(1)
+
+
+def seed_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {value}")
+    return value
+
+
+def positive_span(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (filter norms), got {text}")
+    return value
 
 
 def at_least_two(text: str) -> int:
@@ -160,12 +178,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--points", type=at_least_two, default=41, help="points of a 1-D slice, ends included (default 41)"
     )
-    parser.add_argument("--span", type=float, default=1.0, help="steps over [-span, span] (default 1)")
+    parser.add_argument(
+        "--span",
+        type=positive_span,
+        default=1.0,
+        help="steps over [-span, span], in filter norms (default 1)",
+    )
     parser.add_argument(
         "--grid", type=positive_int, default=21, help="points a side of the surface (default 21)"
     )
     parser.add_argument(
-        "--interpolation-points", type=positive_int, default=21, help="points from init to final (default 21)"
+        "--interpolation-points", type=at_least_two, default=21, help="points from init to final (default 21)"
     )
     parser.add_argument(
         "--interpolation-bn",

@@ -69,6 +69,11 @@ def report(directories: list[Path], out: Path, logger: str = "comet", online: st
     groups = aggregate.groups(runs)
     aggregate.write_csv(groups, out / "aggregate.csv")
     tables.write_markdown(runs, directories, figures, missing, out / "report.md")
+    if split := aggregate.across_environments(groups):
+        log.warning(
+            f"{len(split)} config(s) ran in several environments, which can round differently: "
+            f"{out / 'report.md'} sets their seeds side by side"
+        )
     if mixed := [c for c in aggregate.verdicts(groups) if c.mixed_environments]:
         log.warning(
             f"{len(mixed)} of the report's verdicts compare runs of different environments, which can round "

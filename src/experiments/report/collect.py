@@ -23,6 +23,11 @@ TABLE_COLUMNS: dict[str, dict[str, type]] = {
     "signals.csv": {"step": float, "block": object, "index": float, "quantity": str, "value": float},
     "lesion.csv": {"kind": str, "k": float},
     "feature_reuse.csv": {"block": float, "target": object, "source": float, "value": float},
+    "landscape.csv": {"kind": str, "direction": float, "x": float, "loss": float, "error": float},
+    "paths.csv": {
+        k: float for k in ("k", "samples", "grad_norm_mean", "grad_norm_std", "paths", "contribution")
+    },
+    "curvature.csv": {"quantity": str, "value": float, "images": float},
 }
 
 
@@ -129,6 +134,16 @@ class Run:
     def reuse(self) -> list[dict[str, Any]]:
         """feature_reuse.csv's rows (block, target, source, value)."""
         return self._table("feature_reuse.csv")
+
+    def measured(self, name: str) -> list[dict[str, Any]]:
+        """The rows of landscape.csv, paths.csv or curvature.csv, read once (as `_table` reads them)."""
+        if name not in self._measurements:
+            self._measurements[name] = self._table(name)
+        return self._measurements[name]
+
+    @cached_property
+    def _measurements(self) -> dict[str, list[dict[str, Any]]]:
+        return {}
 
     def _table(self, name: str) -> list[dict[str, Any]]:
         """The rows of one of the instruments' files; none where it is missing or damaged (a damaged file

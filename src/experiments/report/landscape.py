@@ -9,8 +9,7 @@ Runs of one config (all but the seed: `aggregate.config_key`) make one line, its
 
 from __future__ import annotations
 
-import contextlib
-import csv
+import logging
 import math
 import statistics
 from collections import defaultdict
@@ -21,20 +20,19 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import MaxNLocator
 
-from experiments.record import read_metrics
 from experiments.report import over_seeds
 from experiments.report.collect import Run
 from experiments.report.style import LINESTYLES, Figure, depth_colors, legend_outside, plt, save
 
+log = logging.getLogger(__name__)
 PANELS_2D = 12  # surfaces in one figure; more would be unreadable (each run's landscape.csv has its own)
 SIMILAR_LOSS = 2.0  # train losses within this factor count as similar when comparing curvatures
 
 
 def table(run: Run, name: str) -> list[dict[str, Any]]:
-    """The rows of one of a run's measurement files; none where it is missing or damaged."""
-    with contextlib.suppress(OSError, ValueError, csv.Error):
-        return read_metrics(run.path / name)
-    return []
+    """The rows of one of a run's measurement files; none where it is missing or damaged (a damaged file
+    costs the run that figure, with a line naming it, not the report)."""
+    return run.measured(name)
 
 
 def _by_config(runs: list[Run], name: str) -> list[tuple[over_seeds.Config, list[list[dict[str, Any]]]]]:

@@ -145,15 +145,29 @@ def comparisons_section(comparisons: list[aggregate.Comparison]) -> str:
 
 
 def environments_section(runs: list[Run]) -> str:
-    """The distinct environments the runs were computed in (E1, E2, ... as the groups name them), and how
-    many runs each."""
+    """The distinct environments the runs were computed in (E1, E2, ... as the groups name them), what sets
+    each apart, how many runs each; and the runs resumed in another environment than they began in."""
+    by_env: dict[tuple, list[Run]] = {}
+    for run in runs:
+        by_env.setdefault(environment.numerical(run.get("environment")), []).append(run)
+    firsts = [same[0].get("environment") for same in by_env.values()]  # in aggregate.environments' order
     lines = []
-    for i, env in enumerate(aggregate.environments(runs), 1):
-        same = [run for run in runs if environment.numerical(run.get("environment")) == env]
-        hosts = sorted({str((run.get("environment") or {}).get("host")) for run in same})
+    for i, (same, first) in enumerate(zip(by_env.values(), firsts, strict=True), 1):
+        hosts = sorted({str((run.get("environment") or {}).get("host") or "unknown") for run in same})
+        apart = environment.difference(first, firsts)
         lines.append(
-            f"- E{i}: {environment.describe(same[0].get('environment'))}; {len(same)} runs "
+            f"- E{i}: {environment.describe(first)}{f' ({apart})' if apart else ''}; {len(same)} runs "
             f"(host{'s' if len(hosts) > 1 else ''} {', '.join(hosts)})"
+        )
+    moved = [
+        run
+        for run in runs
+        if len({environment.numerical(e) for e in (run.record.segments if run.record else [])}) > 1
+    ]
+    if moved:
+        lines.append(
+            f"- {len(moved)} run(s) resumed in another environment than they began in, listed under their "
+            f"first (their `environments` say each segment's): {', '.join(r.path.name for r in moved[:5])}"
         )
     return "\n".join(lines)
 
