@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,18 +50,30 @@ def hashed(cfg: DictConfig) -> dict[str, Any]:
     directory. The rest stays as written, interpolations unresolved."""
     config = OmegaConf.to_container(cfg, resolve=False)
     config.pop("hydra", None)
-    for dotted, neutral in HASH_NEUTRAL.items():
-        *parents, key = dotted.split(".")
-        node = config
-        for parent in parents:
-            node = node.get(parent) if isinstance(node, dict) else None
-        if isinstance(node, dict) and key in node and _resolved(cfg, dotted) == neutral:
-            del node[key]
+    drop_neutral(config, lambda dotted: _resolved(cfg, dotted))
     arch = config.get("arch")
     if isinstance(arch, dict) and arch.get("name") == "densenet":
         defaults = DENSENET_DEFAULTS.get(arch.get("form"), {})
         arch.update({k: v for k, v in defaults.items() if k in arch and arch[k] is None})
     return config
+
+
+def drop_neutral(config: dict[str, Any], value_of: Callable[[str], Any]) -> None:
+    """Take out of `config` (a plain nested dict) each HASH_NEUTRAL key whose value, as `value_of` reads it,
+    is the neutral one: a config saved before the key existed names the same run."""
+    for dotted, neutral in HASH_NEUTRAL.items():
+        if value_of(dotted) == neutral:
+            pop_key(config, dotted)
+
+
+def pop_key(config: dict[str, Any], dotted: str) -> None:
+    """Remove `a.b.c` from a plain nested dict, where it is."""
+    *parents, key = dotted.split(".")
+    node: Any = config
+    for parent in parents:
+        node = node.get(parent) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(key, None)
 
 
 def _resolved(cfg: DictConfig, key: str) -> Any:

@@ -29,7 +29,7 @@ from scipy import stats
 from experiments import environment
 from experiments.record import flatten
 from experiments.report.collect import Run
-from experiments.rundir import HASH_NEUTRAL
+from experiments.rundir import drop_neutral, pop_key
 
 KEYS = ("train_error", "val_error", "test_error", "train_loss", "val_loss")
 METRICS = {"train_error": "training error", "test_error": "test error"}  # what verdicts are drawn on
@@ -101,14 +101,9 @@ def config_key(run: Run, *leave_out: str) -> str:
     else:
         config = {"arch": {"name": run.arch, "depth": run.depth, "memory_efficient": run.memory_efficient}}
         config.update({k: run.get(k) for k in ("dataset", "precision", "epochs")})
-    neutral = [k for k, v in HASH_NEUTRAL.items() if _select(config, k, _ABSENT) in (v, _ABSENT)]
-    for dotted in [*leave_out, *neutral]:  # a config saved before a neutral key existed is the same config
-        *parents, key = dotted.split(".")
-        node = config
-        for parent in parents:
-            node = node.get(parent, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(key, None)
+    drop_neutral(config, lambda dotted: _select(config, dotted, _ABSENT))
+    for dotted in leave_out:
+        pop_key(config, dotted)
     return json.dumps(config, sort_keys=True, default=str)
 
 
