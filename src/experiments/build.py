@@ -133,7 +133,8 @@ def new_record(
         paper_test_error=paper_test_error(model.spec, datamodule.name, augmented(cfg.dataset))
         if command == "train"
         else None,
-        environment=environment(device.cuda),  # a training run's is read again once its Trainer set its flags
+        # a training run's is read once its Trainer has set the numerical flags (commands/train.Segments)
+        environment=environment(device.cuda) if command != "train" else None,
     )
 
 

@@ -38,7 +38,7 @@ CHECK_SEEDS = "seed=" + ",".join(map(str, range(10)))
 def train_sweep(out: Path, overrides: list[str], threads: int = 1) -> int:
     """The degradation sweep with torch at `threads` threads: at one, as two processes side by side (a
     2-core machine trains both at once), the plain nets in one and the residual nets in the other; their
-    lines go to OUT/<arch>.log, and each run's final line is printed."""
+    lines go to OUT/<arch>.log (OUT/both.log for one process), and each run's final line is printed."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     out.mkdir(parents=True, exist_ok=True)
     processes = []

@@ -70,9 +70,8 @@ def train(
     )
     segments = Segments(resume.environments)
     trainer = _trainer(cfg, run_dir, device, [epochs, *instruments.callbacks, segments])
-    segments.begin(
-        record, device.cuda
-    )  # once the Trainer has set the numerical flags (deterministic, cuDNN's autotuner)
+    # the environment once the Trainer has set the numerical flags (deterministic, cuDNN's autotuner)
+    segments.begin(record, device.cuda)
     tracker = _start_tracking(cfg, run_dir, record, resume) if rank_zero_only.rank == 0 else None
     trainer.loggers = _loggers(cfg, run_dir, tracker, resume)
     outcome = fit_and_test(trainer, module, datamodule, resume.path, cfg, run_dir)
