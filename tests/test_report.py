@@ -12,6 +12,8 @@ import zipfile
 import matplotlib.image
 import pytest
 
+from experiments import specs
+from experiments.report.collect import Run
 from experiments.report.plots import exponent
 from tests.helpers import archive_messages, clean_env, run_dirs
 
@@ -126,6 +128,15 @@ def test_report_of_a_directory_without_runs_is_one_line(cli, workdir):
     assert wrong_option.error_line().startswith(
         "error: experiments report: argument --logger: invalid choice"
     )
+
+
+def test_an_unfinished_run_is_named_by_its_config_as_the_zoo_names_its_net(tmp_path):
+    """Without a record, the report reads the net from the config: a resnet without shortcuts is the plain
+    net the zoo builds for it."""
+    config = {"arch": {"name": "resnet", "depth": 20, "shortcut": "none"}, "dataset": {"name": "digits"}}
+    run = Run(tmp_path, config=config)
+    assert run.arch == specs.resolve("resnet", depth=20, shortcut="none").family == "plain"
+    assert Run(tmp_path, config={"arch": {"name": "densenet_bc"}}).arch == "densenet_bc"
 
 
 def test_exponent_of_a_power_law():

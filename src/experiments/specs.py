@@ -76,6 +76,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def family_of(name: str, shortcut: str | None) -> str:
+    """The family of a net asked for as family `name` with `shortcut`: `name`, except that a net without
+    shortcuts is a plain net (`arch=resnet arch.shortcut=none` builds plain56)."""
+    return "plain" if shortcut == "none" else name
+
+
 def list_names() -> list[str]:
     """Every name `create_model` takes: the families and the presets."""
     return sorted([*FAMILIES, *PRESETS])
@@ -170,7 +176,7 @@ def _resnet(
     if family == "plain" and shortcut != "none":
         raise ValueError(f"plain nets take no shortcut, got shortcut={shortcut!r}; use 'resnet' for that")
     _check_choice(f"{family} shortcut", shortcut, SHORTCUTS)
-    family = "plain" if shortcut == "none" else "resnet"
+    family = family_of(family, shortcut)
     bottleneck = kw.pop("bottleneck", None)
     depth = _integer(f"{family} depth", depth)
     if form == "cifar":

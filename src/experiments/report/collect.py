@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from experiments import papers
+from experiments import papers, specs
 from experiments.record import RunRecord, read_metrics, read_record
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Run:
         if self.record:
             return self.record.arch
         arch = self.config.get("arch", {})
-        return "plain" if arch.get("shortcut") == "none" else str(arch.get("name", "?"))
+        return specs.family_of(str(arch.get("name", "?")), arch.get("shortcut"))
 
     @property
     def depth(self) -> int:
