@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 from experiments import specs
+from experiments.config import compose
 from experiments.measure.counts import activation_bytes
 from experiments.models import create_model, list_models
 from experiments.models.densenet import DenseNet
@@ -265,6 +266,11 @@ def test_presets_are_their_family_at_the_papers_settings() -> None:
     same = specs.resolve("densenet", form="imagenet", depth=121)
     assert specs.resolve("densenet121") == same  # the ImageNet form's defaults are DenseNet-121's
     assert specs.resolve("resnet56", shortcut="B").shortcut == "B"  # arguments override the preset
+
+
+def test_a_family_composes_to_the_depth_the_zoo_builds_for_it() -> None:
+    for family in specs.FAMILIES:
+        assert compose("train", [f"arch={family}"]).arch.depth == specs.resolve(family).depth, family
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.specs import PRESETS
+from experiments.specs import DEFAULT_DEPTHS, PRESETS
 
 # conf/ beside src/ in a checkout (an editable install), else where `pip install .` put it
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -20,9 +20,12 @@ if not CONF_DIR.is_dir():
 
 def register_presets() -> None:
     """Every preset of `experiments.specs` as an option of the `arch` group (`arch=resnet56`): its family's
-    config (conf/arch/<family>.yaml) with the preset's values over it. Presets have no YAML of their own, so
-    the zoo and the config cannot disagree."""
+    config (conf/arch/<family>.yaml) with the preset's values over it. Presets have no YAML of their own, and
+    a family's YAML takes its depth from the config `arch_depth_<family>` stored here, so the zoo and the
+    config cannot disagree."""
     store = ConfigStore.instance()
+    for family, depth in DEFAULT_DEPTHS.items():  # outside any group: no option of its own in --help
+        store.store(name=f"arch_depth_{family}", node={"depth": depth})
     for name, preset in PRESETS.items():
         values = {key: value for key, value in preset.items() if key != "family"}
         store.store(group="arch", name=name, node={"defaults": [preset["family"], "_self_"], **values})

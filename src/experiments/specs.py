@@ -34,6 +34,8 @@ DENSENET_IMAGENET = {
     264: (6, 12, 64, 48),
 }
 
+# The depth a family builds unless told (also the Hydra configs' arch.depth: experiments.config registers it)
+DEFAULT_DEPTHS = {"resnet": 56, "plain": 56, "densenet": 40, "densenet_bc": 100}
 # What a DenseNet's layers are unless told: by form, and for DenseNet-BC
 DENSENET_DEFAULTS = {
     "cifar": {"growth_rate": 12, "bottleneck": False, "compression": 1.0},
@@ -168,10 +170,9 @@ def _stem(form: str, stem: str, image_size: int) -> str:
     return "imagenet" if form == "imagenet" and image_size >= IMAGENET_STEM_MIN_SIZE else "cifar"
 
 
-def _resnet(
-    family: str, *, image_size: int, stem: str, depth: int = 56, form: str = "cifar", **kw: Any
-) -> ResNetSpec:
+def _resnet(family: str, *, image_size: int, stem: str, form: str = "cifar", **kw: Any) -> ResNetSpec:
     _check_choice(f"{family} form", form, FORMS)
+    depth = kw.pop("depth", DEFAULT_DEPTHS[family])
     shortcut = kw.pop("shortcut", "none" if family == "plain" else "A" if form == "cifar" else "B")
     if family == "plain" and shortcut != "none":
         raise ValueError(f"plain nets take no shortcut, got shortcut={shortcut!r}; use 'resnet' for that")
@@ -204,14 +205,14 @@ def _resnet(
 
 def _densenet(family: str, *, image_size: int, stem: str, form: str = "cifar", **kw: Any) -> DenseNetSpec:
     """cifar form: k=12, basic layers, no compression unless set (densenet_bc: bottlenecks, compression
-    0.5, depth 100); imagenet form: k=32, bottleneck layers, compression 0.5."""
+    0.5); imagenet form: k=32, bottleneck layers, compression 0.5."""
     _check_choice(f"{family} form", form, FORMS)
     cifar = form == "cifar"
     bc = family == "densenet_bc"
     if bc and kw.get("bottleneck") is False:
         raise ValueError("densenet_bc has bottleneck layers; for none use arch=densenet")
     defaults = DENSENET_DEFAULTS["bc" if bc else form]
-    depth = _integer(f"{family} depth", kw.pop("depth", 100 if bc else 40))
+    depth = _integer(f"{family} depth", kw.pop("depth", DEFAULT_DEPTHS[family]))
     growth_rate = _integer(f"{family} growth_rate", kw.pop("growth_rate", defaults["growth_rate"]))
     bottleneck = bool(kw.pop("bottleneck", defaults["bottleneck"]))
     compression = float(kw.pop("compression", defaults["compression"]))
