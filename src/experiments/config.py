@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -42,7 +43,23 @@ def compose(command: str, overrides: list[str] = ()) -> DictConfig:
 def he2016_warmup(family: str, depth: int) -> float | None:
     """The `he2016_warmup` resolver: the training error under which He et al.'s warm-up ends (lr / 10
     until then), for the one net of their CIFAR-10 sweep they warmed up, ResNet-110; None for the others."""
-    return 0.8 if (family, depth) == ("resnet", 110) else None
+    net, until = _he2016_warmed_up()
+    return until if (family, depth) == net else None
+
+
+@functools.cache
+def _he2016_warmed_up() -> tuple[tuple[str, int], float]:
+    """The (family, depth) of the net experiment=he2016_resnet110 trains, and the training error its warm-up
+    ends at: that experiment holds the paper's warm-up, and the sweeps that include the net take it from
+    there. (Its literal value stays in the file: a run's hash reads configs as written.)"""
+    experiment = OmegaConf.load(CONF_DIR / "experiment" / "he2016_resnet110.yaml")
+    (preset,) = [
+        entry["override /arch"]
+        for entry in experiment.defaults
+        if isinstance(entry, DictConfig) and "override /arch" in entry
+    ]
+    net = PRESETS[preset]
+    return (net["family"], net["depth"]), experiment.schedule.warmup_until_train_error
 
 
 register_presets()
