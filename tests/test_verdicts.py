@@ -29,7 +29,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_signals_over_seeds_are_geometric_means_and_spreads(three_seeds):
     runs = [run for run in find_runs([three_seeds]) if run.arch == "resnet"]
     (config,) = over_seeds.by_config(runs)
-    assert config.label == "resnet-8 (n=3)"
+    assert config.name == "resnet-8 (n=3)"
     series = over_seeds.signal_over_seeds(config.runs, "grad_norm", 0.0)
     for index, (mean, low, high, n) in series.items():
         by_hand = [

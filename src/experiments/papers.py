@@ -1,7 +1,7 @@
 """The papers' test errors, to set beside ours (fractions): He et al. 2016 Table 6 (CIFAR-10 with
 augmentation) and Huang et al. 2017 Table 2 (C10, C10+, C100, C100+, SVHN; + is with augmentation).
 
-A run matches a figure when its net is the paper's (family, depth and, for DenseNets, growth rate, in the
+A run matches a figure when its net is the paper's (label, depth and, for DenseNets, growth rate, in the
 CIFAR form), on the same dataset, with or without augmentation as the paper. The recipe need not match:
 the figure is a reference, and the report says how far from it a run landed.
 """

@@ -15,9 +15,9 @@ from types import UnionType
 from typing import Any, BinaryIO, Union, get_args, get_origin, get_type_hints
 
 
-def run_label(arch: str, depth: object, dataset: str, seed: object) -> str:
+def run_label(net: str, depth: object, dataset: str, seed: object) -> str:
     """`resnet56-cifar10-s0`: what runs, by the net's label (`RunRecord.arch`), depth, dataset and seed."""
-    return f"{arch}{depth}-{dataset}-s{seed}"
+    return f"{net}{depth}-{dataset}-s{seed}"
 
 
 @dataclass
@@ -27,7 +27,9 @@ class RunRecord:
     # what ran
     command: str = "train"  # train | profile | probe
     status: str = "failed"  # completed | failed | diverged | interrupted; failed until the run says otherwise
-    arch: str = ""  # as the papers name it: resnet, plain, densenet, densenet_bc (or densenet_b, densenet_c)
+    # the net's label (the spec's, as the papers name it: resnet, plain, densenet, densenet_bc, densenet_b or
+    # densenet_c), under the key the file format fixes; not the arch config, which .hydra/config.yaml holds
+    arch: str = ""
     depth: int = 0  # weighted layers, as in the papers
     dataset: str = ""
     seed: int = 0

@@ -43,7 +43,7 @@ class Group:
     runs: list[Run] = field(default_factory=list)
     repeats: int = 0  # runs left out as repeats of a seed already counted (same config and environment)
     tag: str = "E1"  # which of the report's environments it ran in
-    tagged: bool = False  # whether its label says so: the report holds its config in several environments
+    tagged: bool = False  # whether its name says so: the report holds its config in several environments
     detail: str = ""  # what sets the config apart from others of the same net (`optim.lr=0.1`), where any
 
     @property
@@ -55,7 +55,8 @@ class Group:
         return self.first.get("environment")
 
     @property
-    def label(self) -> str:
+    def name(self) -> str:
+        """`resnet-56 on cifar10, optim.lr=0.1 [E2]`: its row in the report's tables."""
         detail = f", {self.detail}" if self.detail else ""
         return f"{self.first.label} on {self.first.dataset}{detail}" + (
             f" [{self.tag}]" if self.tagged else ""

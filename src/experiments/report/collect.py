@@ -17,7 +17,8 @@ from experiments.record import RunRecord, read_metrics, read_record
 
 log = logging.getLogger(__name__)
 
-FAMILY_ORDER = ("plain", "resnet", "densenet", "densenet_b", "densenet_c", "densenet_bc")
+# the nets by their label (the record's `arch`), in the report's order
+LABEL_ORDER = ("plain", "resnet", "densenet", "densenet_b", "densenet_c", "densenet_bc")
 # The instruments' files: the columns every row has, and what they hold (float: a number; object: anything)
 TABLE_COLUMNS: dict[str, dict[str, type]] = {
     "signals.csv": {"step": float, "block": object, "index": float, "quantity": str, "value": float},
@@ -82,6 +83,8 @@ class Run:
 
     @cached_property
     def arch(self) -> str:
+        """The net's label (`resnet`, `densenet_bc`, ...), as its record's `arch` holds it; without a record,
+        the family its config asks for."""
         if self.record:
             return self.record.arch
         arch = self.config.get("arch", {})
@@ -107,8 +110,9 @@ class Run:
         return " memory-efficient" if self.memory_efficient else ""
 
     @property
-    def family(self) -> str:
-        """`resnet`, `densenet_bc memory-efficient`: the family and whether it recomputes in backward."""
+    def series(self) -> str:
+        """`resnet`, `densenet_bc memory-efficient`: the net's label and whether it recomputes in backward, a
+        series of the figures against depth."""
         return self.arch + self._variant
 
     @property
@@ -175,12 +179,12 @@ class Run:
         return self.problem or self.get("error")
 
     def sort_key(self) -> tuple:
-        family = FAMILY_ORDER.index(self.arch) if self.arch in FAMILY_ORDER else len(FAMILY_ORDER)
+        order = LABEL_ORDER.index(self.arch) if self.arch in LABEL_ORDER else len(LABEL_ORDER)
         return (
             self.status == "unreadable",
             self.command != "train",
             self.dataset,
-            family,
+            order,
             self.arch,
             self.depth,
             self.memory_efficient,

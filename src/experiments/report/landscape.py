@@ -54,7 +54,8 @@ def _log_mean_band(
     return xs, means, [min(column) for column in values], [max(column) for column in values]
 
 
-def _label(config: over_seeds.Config) -> str:
+def _name(config: over_seeds.Config) -> str:
+    """A config's line in a legend and row in a table: its name with the dataset."""
     first, detail = config.runs[0], f", {config.detail}" if config.detail else ""
     return f"{first.label} on {first.dataset}{detail} (n={len(config.runs)})"
 
@@ -68,7 +69,7 @@ def _draw_bands(
         xs, means, low, high = _log_mean_band(curves)
         first = config.runs[0]
         style = {"color": colors[first.depth], "linestyle": LINESTYLES.get(first.arch, ":")}
-        ax.plot(xs, means, label=_label(config), **style)
+        ax.plot(xs, means, label=_name(config), **style)
         ax.fill_between(xs, low, high, alpha=0.2, color=style["color"])
 
 
@@ -225,8 +226,8 @@ def curvature_table(runs: list[Run]) -> str:
         ]
         loss = _geometric_mean([run.get("train_loss") for run in members])
         losses.append(loss)
-        label = _label(config).rsplit(" (n=", 1)[0]
-        lines.append("| " + " | ".join([label, str(len(members)), *cells, _number(loss)]) + " |")
+        name = _name(config).rsplit(" (n=", 1)[0]
+        lines.append("| " + " | ".join([name, str(len(members)), *cells, _number(loss)]) + " |")
     known = [loss for loss in losses if loss]
     text = "\n".join(lines) + "\n"
     if len(known) > 1 and max(known) > SIMILAR_LOSS * min(known):

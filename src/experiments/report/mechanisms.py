@@ -57,7 +57,7 @@ def _by_block_figure(
                 xs = list(series)
                 mean, low, high, _ = zip(*series.values(), strict=True)
                 style = {"color": colors[config.runs[0].depth]}
-                ax.plot(xs, mean, LINESTYLES.get(config.runs[0].arch, ":"), label=config.label, **style)
+                ax.plot(xs, mean, LINESTYLES.get(config.runs[0].arch, ":"), label=config.name, **style)
                 if len(config.runs) > 1:
                     ax.fill_between(xs, low, high, alpha=0.15, linewidth=0, **style)
             ax.set(yscale="log", xlabel="block index (0: the stem's output)", ylabel=ylabel, title=moment)

@@ -32,7 +32,8 @@ class Config:
     detail: str = ""  # what sets it apart from other configs of the same net (`optim.lr=0.1`), where any
 
     @property
-    def label(self) -> str:
+    def name(self) -> str:
+        """`resnet-56, optim.lr=0.1 (n=3)`: its line in a figure's legend and its row in a table."""
         first = self.runs[0]
         detail = f", {self.detail}" if self.detail else ""
         return (

@@ -59,7 +59,7 @@ def training_error(runs: list[Run], out: Path) -> list[Figure]:
                 LINESTYLES.get(first.arch, ":"),
                 marker="o",
                 markersize=3,
-                label=config.label,
+                label=config.name,
                 **style,
             )
             if len(config.runs) > 1:
@@ -79,7 +79,7 @@ def training_error(runs: list[Run], out: Path) -> list[Figure]:
 
 
 def error_vs_depth(runs: list[Run], out: Path) -> list[Figure]:
-    """Final training and test error against depth, a line per family (He et al. Table 6 as a plot); the
+    """Final training and test error against depth, a line per net (He et al. Table 6 as a plot); the
     mean over seeds, with their standard deviation as error bars."""
     done = [r for r in _completed_training(runs) if r.get("train_error") is not None]
     if not done:
@@ -87,20 +87,20 @@ def error_vs_depth(runs: list[Run], out: Path) -> list[Figure]:
     epochs = sorted({r.get("epochs") for r in done})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, key, name in zip(axes, ("train_error", "test_error"), ("training", "test"), strict=True):
-        families: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        lines: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         for run in done:
             if run.get(key) is not None:
-                families[_family_line(run, epochs)][run.depth].append(100 * run.get(key))
-        for family, by_depth in sorted(families.items()):
+                lines[_depth_line(run, epochs)][run.depth].append(100 * run.get(key))
+        for line, by_depth in sorted(lines.items()):
             depths = sorted(by_depth)
             ax.errorbar(
                 depths,
                 [statistics.mean(by_depth[d]) for d in depths],
                 yerr=[error_bar(by_depth[d]) for d in depths],
-                linestyle=LINESTYLES.get(family.split()[0], ":"),
+                linestyle=LINESTYLES.get(line.split()[0], ":"),
                 marker="o",
                 capsize=3,
-                label=family,
+                label=line,
             )
         ax.set(
             xlabel="depth (weighted layers)", ylabel=f"final {name} error (%)", title=f"Final {name} error"
@@ -114,17 +114,17 @@ def error_vs_depth(runs: list[Run], out: Path) -> list[Figure]:
     return [("Error vs depth", save(fig, out / "error_vs_depth.png"))]
 
 
-def _family_line(run: Run, epochs: list[int]) -> str:
+def _depth_line(run: Run, epochs: list[int]) -> str:
     """A line of the error-vs-depth figure: runs differing only in seed (and depth, along the line)."""
     line = f"{run.arch} ({run.dataset}"
     return f"{line}, {run.get('epochs')} epochs)" if len(epochs) > 1 else f"{line})"
 
 
 def _by_depth_series(runs: list[Run], key: str) -> dict[str, list[Run]]:
-    """Runs with `key`, grouped into series of one family, naive or memory-efficient (and dataset, batch
+    """Runs with `key`, grouped into series of one net, naive or memory-efficient (and dataset, batch
     size and device, where those differ between runs), named by what sets them apart."""
     runs = [run for run in runs if run.get(key) and run.depth]
-    facets: list[Callable[[Run], str]] = [lambda r: r.family]
+    facets: list[Callable[[Run], str]] = [lambda r: r.series]
     for facet in (
         lambda r: r.dataset,
         lambda r: f"batch {r.get('batch_size')}",
@@ -175,7 +175,7 @@ def activation_memory(runs: list[Run], out: Path) -> list[Figure]:
 
 
 def step_time(runs: list[Run], out: Path) -> list[Figure]:
-    """Median training step time against depth, one series per family, naive or memory-efficient."""
+    """Median training step time against depth, one series per net, naive or memory-efficient."""
     series = _by_depth_series(runs, "step_time_ms")
     if not series:
         return [None]
@@ -198,19 +198,19 @@ def step_time(runs: list[Run], out: Path) -> list[Figure]:
 
 
 def accuracy_vs_params(runs: list[Run], out: Path) -> list[Figure]:
-    """Test accuracy against parameter count: what each family buys per parameter."""
+    """Test accuracy against parameter count: what each net buys per parameter."""
     done = [r for r in _completed_training(runs) if r.get("test_error") is not None]
     if not done:
         return [None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    families: dict[str, list[Run]] = defaultdict(list)
+    nets: dict[str, list[Run]] = defaultdict(list)
     for run in done:
-        families[f"{run.arch} ({run.dataset})"].append(run)
-    for family, group in sorted(families.items()):
+        nets[f"{run.arch} ({run.dataset})"].append(run)
+    for net, group in sorted(nets.items()):
         ax.scatter(
             [r.get("params") / 1e6 for r in group],
             [100 * (1 - r.get("test_error")) for r in group],
-            label=family,
+            label=net,
         )
         for r in group:
             ax.annotate(

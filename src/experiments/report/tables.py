@@ -120,7 +120,7 @@ def seeds_section(groups: list[aggregate.Group]) -> str:
         seeds = ", ".join(map(str, group.seeds)) + (
             f" ({group.repeats} repeats not counted)" if group.repeats else ""
         )
-        cells = [group.label, seeds, mean_sd(group.values("train_error")), mean_sd(test)]
+        cells = [group.name, seeds, mean_sd(group.values("train_error")), mean_sd(test)]
         lines.append(
             "| " + " | ".join([*cells, "-" if paper is None else _percent(paper), difference]) + " |"
         )
@@ -136,7 +136,7 @@ def comparisons_section(comparisons: list[aggregate.Comparison]) -> str:
     for c in comparisons:
         interval = "-" if c.low is None else f"{100 * c.low:+.2f} to {100 * c.high:+.2f} points"
         mixed = " (runs of different environments)" if c.mixed_environments else ""
-        pair = f"| {c.a.label} (n={len(c.a.runs)}) | {c.b.label} (n={len(c.b.runs)}) "
+        pair = f"| {c.a.name} (n={len(c.a.runs)}) | {c.b.name} (n={len(c.b.runs)}) "
         metric = aggregate.METRICS[c.metric]
         lines.append(
             f"{pair}| {metric} | {100 * c.difference:+.2f} points | {interval} | {c.verdict}{mixed} |"
@@ -273,7 +273,7 @@ def backward_ratio_section(runs: list[Run]) -> str | None:
                 if len(series) > 1:
                     ratios.append(series[min(series)][0] / series[max(series)][0])
             if ratios:
-                lines.append(f"| {config.label.rsplit(' (n=', 1)[0]} | {_log_spread(ratios)} |")
+                lines.append(f"| {config.name.rsplit(' (n=', 1)[0]} | {_log_spread(ratios)} |")
     return "\n".join(lines) if len(lines) > 2 else None
 
 
