@@ -80,7 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def family_of(name: str, shortcut: str | None) -> str:
     """The family of a net asked for as family `name` with `shortcut`: `name`, except that a net without
-    shortcuts is a plain net (`arch=resnet arch.shortcut=none` builds plain56)."""
+    shortcuts is a plain net (`arch=resnet arch.shortcut=none` builds one)."""
     return "plain" if shortcut == "none" else name
 
 
