@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from experiments.config import compose
 from experiments.record import RunRecord
 from experiments.report.collect import Run
-from experiments.tracking import comet, dashboard
+from experiments.tracking import comet, comet_logs, dashboard
 from tests.conftest import TINY, Cli
 from tests.helpers import (
     COMET_KEY,
@@ -180,7 +180,7 @@ def quiet(result: Result) -> list[str]:
     """comet_lines of what an in-process command printed, after checking that comet_ml's and urllib3's
     records cannot reach the terminal (comet_ml's own console handler writes to the stream it found at
     import, which the capture of a later test does not see)."""
-    for name in comet.LOGGERS:
+    for name in comet_logs.LOGGERS:
         logger = logging.getLogger(name)
         assert not logger.propagate and not [h for h in logger.handlers if type(h) is logging.StreamHandler]
     return comet_lines(result.out + result.err)
