@@ -32,27 +32,31 @@ from experiments.tracking.comet_logs import note, route_library_logs
 from experiments.tracking.comet_server import VersionProbe, server_url
 from experiments.tracking.deadline import within
 from experiments.tracking.loggers import CometLogger
+from experiments.tracking.settings import LoggerSettings
 
-__all__ = ["CometRun", "note", "run_tags", "start"]
+__all__ = ["CometRun", "LoggerSettings", "note", "run_tags", "start"]
 
 log = logging.getLogger(__name__)
 
 
 def start(
-    logger_cfg: Mapping[str, Any],
+    logger: LoggerSettings | Mapping[str, Any],
     run_dir: Path,
     name: str,
     tags: list[str],
     resume_epoch: int | None = None,
     record: RunRecord | None = None,
 ) -> CometRun | None:
-    """The run's Comet experiment, or None unless logger=comet.
+    """The run's Comet experiment, or None unless the logger is comet (a `logger` config is read as
+    LoggerSettings.from_config reads it).
 
     A resumed run (`resume_epoch`) continues the experiment whose key its run directory kept. Comet never
     fails the run: a comet/ folder that cannot be written disables it (mode "disabled", one line), a server
     that cannot be used makes it offline (one line). `record` gives the parameters a dashboard groups by.
     """
-    if logger_cfg["name"] != "comet":
+    if not isinstance(logger, LoggerSettings):
+        logger = LoggerSettings.from_config(logger)
+    if logger.name != "comet":
         return None
     folder = run_dir / "comet"
     if reason := unwritable(folder):
@@ -61,7 +65,7 @@ def start(
         return CometRun(None, "disabled", folder, time.time(), reason=reason)
     key_file = folder / "experiment_key"
     key = key_file.read_text().strip() if resume_epoch is not None and key_file.exists() else None
-    run = CometRun.open(folder, name, tags, logger_cfg, key)
+    run = CometRun.open(folder, name, tags, logger, key)
     if run.experiment is None:
         return run
     try:
@@ -115,7 +119,7 @@ class CometRun:
 
     @classmethod
     def open(
-        cls, folder: Path, name: str, tags: list[str], logger_cfg: Mapping[str, Any], key: str | None
+        cls, folder: Path, name: str, tags: list[str], logger: LoggerSettings, key: str | None
     ) -> CometRun:
         """Online when a key is set (and logger.online allows), else or on any failure offline; disabled
         when not even the offline experiment opens."""
@@ -125,13 +129,12 @@ class CometRun:
         route_library_logs(folder / "comet.log")  # reading the key may already log
         api_key = settings.comet_api_key()
         route_library_logs(folder / "comet.log", secret=api_key)
-        online = logger_cfg["online"]
-        settings.check_comet_key(online)
+        settings.check_comet_key(logger.online)
         secrets = {api_key} if api_key else set()
-        options = experiment_options(logger_cfg, name, tags, folder, key)
+        options = experiment_options(logger, name, tags, folder, key)
         started, fallback = time.time(), None
         with beside_others():
-            if api_key and online is not False:
+            if api_key and logger.online is not False:
                 experiment, fallback = open_online(comet_ml, options, secrets)
                 if experiment is not None:
                     return cls(experiment, "online", folder, started)

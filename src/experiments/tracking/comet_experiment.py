@@ -7,7 +7,7 @@ configured through the environment (SETTINGS) so that no request waits or retrie
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import torch
 from experiments.tracking.comet_logs import note
 from experiments.tracking.comet_server import HTTP_TIMEOUT_S, VersionProbe, Watch, exception_chain, why
 from experiments.tracking.deadline import within
+from experiments.tracking.settings import LoggerSettings
 
 # An online start makes a handful of requests in sequence (version, experiment, status, ...), each bounded by
 # HTTP_TIMEOUT_S: a server slow to answer each still gets its experiment within this.
@@ -48,12 +49,12 @@ SETTINGS = {
 
 
 def experiment_options(
-    logger_cfg: Mapping[str, Any], name: str, tags: list[str], folder: Path, key: str | None
+    logger: LoggerSettings, name: str, tags: list[str], folder: Path, key: str | None
 ) -> dict:
     """comet_ml.start's arguments, but `online`: a new experiment, or the one of `key` continued."""
     return {
-        "project_name": logger_cfg["project"],
-        "workspace": logger_cfg["workspace"],
+        "project_name": logger.project,
+        "workspace": logger.workspace,
         "experiment_key": key,
         "mode": "create" if key is None else "get_or_create",
         "experiment_config": _experiment_config(name, tags, folder),
