@@ -90,8 +90,10 @@ def _log_to_comet(runs: list, out: Path, figures: list[Path], online: str | bool
     from omegaconf import OmegaConf
 
     from experiments.config import CONF_DIR
+    from experiments.settings import check_comet_key
     from experiments.tracking import comet, dashboard
 
+    check_comet_key(online)  # a run's guard checks it before the run; the report has no guard
     sweeps = sorted({f"sweep:{run.get('sweep')}" for run in runs if run.get("sweep")})
     logger = {**OmegaConf.load(CONF_DIR / "logger" / "comet.yaml"), "online": online}
     comet_run = comet.start(logger, out, f"report {out}", ["report", *sweeps])

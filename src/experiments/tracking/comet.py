@@ -122,14 +122,13 @@ class CometRun:
         cls, folder: Path, name: str, tags: list[str], logger: LoggerSettings, key: str | None
     ) -> CometRun:
         """Online when a key is set (and logger.online allows), else or on any failure offline; disabled
-        when not even the offline experiment opens."""
+        when not even the offline experiment opens. (app.guard has refused online=true without a key.)"""
         os.environ.update(SETTINGS)
         import comet_ml  # after SETTINGS: some are read at import
 
         route_library_logs(folder / "comet.log")  # reading the key may already log
         api_key = settings.comet_api_key()
         route_library_logs(folder / "comet.log", secret=api_key)
-        settings.check_comet_key(logger.online)
         secrets = {api_key} if api_key else set()
         options = experiment_options(logger, name, tags, folder, key)
         started, fallback = time.time(), None
