@@ -87,15 +87,15 @@ def report(directories: list[Path], out: Path, logger: str = "comet", online: st
 def _log_to_comet(runs: list, out: Path, figures: list[Path], online: str | bool) -> None:
     """One experiment tagged `report` (and with the sweeps it covers): the figures, the data behind them as
     curves (tracking.dashboard), report.md and the runs table."""
-    from omegaconf import OmegaConf
+    from dataclasses import replace
 
-    from experiments.config import CONF_DIR
     from experiments.settings import check_comet_key
     from experiments.tracking import comet, dashboard
+    from experiments.tracking.settings import configured_logger
 
     check_comet_key(online)  # a run's guard checks it before the run; the report has no guard
     sweeps = sorted({f"sweep:{run.get('sweep')}" for run in runs if run.get("sweep")})
-    logger = {**OmegaConf.load(CONF_DIR / "logger" / "comet.yaml"), "online": online}
+    logger = replace(configured_logger("comet"), online=online)
     comet_run = comet.start(logger, out, f"report {out}", ["report", *sweeps])
     if comet_run is None or comet_run.experiment is None:
         return

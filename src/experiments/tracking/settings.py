@@ -1,11 +1,12 @@
 """Where a run logs: the `logger` config group (conf/logger/*.yaml) as a frozen value.
 
-Imports nothing heavy (no torch, no comet_ml): the layers that plan a
+Imports nothing heavy (no torch, no comet_ml, Hydra only when the conf is composed): the layers that plan a
 run read it before they import the libraries it needs.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,3 +31,12 @@ class LoggerSettings:
             workspace=config.get("workspace"),
             online=config.get("online", "auto"),
         )
+
+
+@functools.cache
+def configured_logger(name: str) -> LoggerSettings:
+    """conf/logger/<name>.yaml as a run composes it: the conf is the one place its defaults are written
+    (Comet's project name among them)."""
+    from experiments.config import compose
+
+    return LoggerSettings.from_config(compose("train", [f"logger={name}"]).logger)
