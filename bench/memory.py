@@ -26,6 +26,7 @@ from experiments.device import resolve_device
 from experiments.measure.counts import activation_bytes
 from experiments.measure.signals import signal_steps
 from experiments.models import create_model
+from experiments.plan import Plan, Subject
 from experiments.report.plots import exponent
 from experiments.tracking.noise import silence_library_noise
 
@@ -84,9 +85,9 @@ def efficient_step_cost(steps: int, out: Path) -> None:
             f"arch.memory_efficient={str(efficient).lower()}",
             f"profile.steps={steps}",
         )
-        times[efficient] = profile(cfg, out / f"efficient-{efficient}")
+        times[efficient] = profile(Plan.of(cfg), out / f"efficient-{efficient}")
     naive, efficient = times[False], times[True]
-    device = resolve_device(config("profile")).name
+    device = resolve_device(Plan.of(config("profile")).recipe).name
     time_cost = efficient.step_time_ms / naive.step_time_ms - 1
     memory_cost = efficient.peak_memory_bytes / naive.peak_memory_bytes - 1
     print(
@@ -117,13 +118,13 @@ def measurement_overhead(repeats: int, out: Path) -> None:
         for variant, settings in VARIANTS.items():
             run_dir = out / f"overhead-{variant.replace(' ', '-')}-{repeat}"
             # Lightning's CSVLogger keeps the epoch timings (metrics.csv does not)
-            train(config("train", *OVERHEAD_RUN, *settings, logger="csv"), run_dir)
+            train(Plan.of(config("train", *OVERHEAD_RUN, *settings, logger="csv")), run_dir)
             with (run_dir / "csv" / "metrics.csv").open() as f:
                 times = [float(row["epoch_time_s"]) for row in csv.DictReader(f) if row.get("epoch_time_s")]
             epochs[variant] += times[1:]
     mean = {variant: statistics.mean(times) for variant, times in epochs.items()}
     cfg = config("train", *OVERHEAD_RUN)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(Subject.of(cfg))
     datamodule.setup("fit")
     steps = len(datamodule.batches("train", torch.device("cpu")))
     total = steps * cfg.trainer.max_epochs

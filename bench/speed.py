@@ -34,18 +34,19 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.optim.lr_scheduler import LambdaLR
 
-from experiments.build import build_datamodule, build_model, build_trainer
+from experiments.build import build_datamodule, build_model, build_optimizer, build_trainer, prepare_model
 from experiments.commands.train import train
 from experiments.config import compose
 from experiments.data.arrays import TensorBatches
-from experiments.device import Device, build_optimizer, prepare_model, resolve_device, use_cuda_graph
+from experiments.device import Device, resolve_device, use_cuda_graph
 from experiments.measure.cost import TrainingCost
 from experiments.measure.memory import PeakMemory
 from experiments.module import lr_factor
-from experiments.step_graph import GraphedBackward, StepGraph
+from experiments.plan import Plan
+from experiments.step_graph import StepGraph
 from experiments.tracking.noise import silence_library_noise
 
 SYNTHETIC = ["dataset=synthetic", "dataset.train_size=1024"]
@@ -93,7 +94,7 @@ def config(overrides: list[str], epochs: int, warmup: int) -> DictConfig:
 def project(cfg: DictConfig) -> dict:
     # stdout is no terminal here, as under CI or SLURM: no progress bar redrawn every step
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
-        record = train(cfg, Path(run_dir))
+        record = train(Plan.of(cfg), Path(run_dir))
     return {"throughput": record.throughput, "peak": record.peak_memory_bytes}
 
 
@@ -146,24 +147,24 @@ class HandWritten:
 
 def hand_written(cfg: DictConfig) -> HandWritten:
     torch.manual_seed(cfg.seed)
-    settings = resolve_device(cfg)
+    plan = Plan.of(cfg)
+    settings = resolve_device(plan.recipe)
     device = torch.device("cuda" if settings.cuda else "cpu")
-    data = build_datamodule(cfg)
+    data = build_datamodule(plan.subject)
     data.setup()
-    model = prepare_model(cfg, build_model(cfg, data), settings).to(device)
+    model = prepare_model(plan.recipe, build_model(plan.subject, data), settings).to(device)
     model.train()
-    optimizer = build_optimizer(cfg, settings)(model.parameters())
+    optimizer = build_optimizer(plan.recipe.optim, settings)(model.parameters())
     batches = data.batches("train", device)
     steps = cfg.trainer.max_epochs * len(batches)
-    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
-    scheduler = LambdaLR(optimizer, partial(lr_factor, total_steps=steps, **schedule))
+    scheduler = LambdaLR(optimizer, partial(lr_factor, total_steps=steps, **plan.recipe.schedule))
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if settings.precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
     step_graph = None
-    if use_cuda_graph(cfg, settings):
+    if use_cuda_graph(plan.recipe, settings):
         step_graph = StepGraph(lambda x, y: (F.cross_entropy(model(x), y),), model.parameters())
     return HandWritten(device, settings, autocast, model, optimizer, scheduler, batches, step_graph)
 
@@ -195,21 +196,28 @@ def raw_loop(cfg: DictConfig) -> dict:
     return {"throughput": clock.throughput, "peak": memory.stop()}
 
 
-class LightningOnly(GraphedBackward, pl.LightningModule):
+class LightningOnly(pl.LightningModule):
     """The hand-written loop's step as a LightningModule: Lightning's loop with nothing of the project's."""
 
     def __init__(self, loop: HandWritten) -> None:
         super().__init__()
+        self.automatic_optimization = False  # the loop's step, written out as the project's is
         self.model, self.loop = loop.model, loop  # not self.setup: a Lightning hook
-        self.step_graph = loop.step_graph
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        optimizer = self.optimizers()
         if self.loop.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.step_graph is not None:
-            return self.step_graph(x, y)[0]
-        return F.cross_entropy(self.model(x), y)
+        if self.loop.step_graph is not None:
+            loss = self.loop.step_graph(x, y)[0]
+        else:
+            loss = F.cross_entropy(self.model(x), y)
+            self.manual_backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        self.lr_schedulers().step()
+        return loss
 
     def configure_optimizers(self) -> dict:
         scheduler = {"scheduler": self.loop.scheduler, "interval": "step"}

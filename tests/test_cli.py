@@ -17,6 +17,7 @@ from experiments import rundir, settings, specs
 from experiments.__main__ import COMMANDS
 from experiments.build import build_datamodule, build_model
 from experiments.config import CONF_DIR, compose, register_presets
+from experiments.plan import Subject
 from experiments.sweep import SweepWatch
 from tests.helpers import clean_env, run_cli
 
@@ -80,14 +81,15 @@ def test_every_preset_is_an_arch_option_that_builds_its_net():
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for i, name in enumerate(list(specs.PRESETS)):
             cfg = hydra_compose("train", [f"arch={name}", f"dataset={shapes[i % len(shapes)]}"])
-            settings.check(cfg)
-            datamodule = build_datamodule(cfg)
+            subject = settings.check(cfg).subject
+            datamodule = build_datamodule(subject)
             with torch.device("meta"):
-                model = build_model(cfg, datamodule)
+                model = build_model(subject, datamodule)
             expected = specs.resolve(name, image_size=datamodule.image_size)
             assert model.spec == expected and model.blocks()[-1].name in ("fc", "classifier"), name
         spelt_out = hydra_compose("train", ["arch=densenet", "arch.form=imagenet", "arch.depth=121"])
     with torch.device("meta"):
+        spelt_out = Subject.of(spelt_out)
         assert build_model(spelt_out, build_datamodule(spelt_out)).spec == specs.resolve("densenet121")
 
 
@@ -107,7 +109,8 @@ def test_a_run_directory_is_named_as_comet_and_the_report_name_the_run():
         assert rundir.run_name(_root_=cfg) == f"{label}-digits-s0-{rundir.config_hash(cfg)}", overrides
         if "57" not in label:
             with torch.device("meta"):
-                spec = build_model(cfg, build_datamodule(cfg)).spec
+                subject = Subject.of(cfg)
+                spec = build_model(subject, build_datamodule(subject)).spec
             assert f"{spec.label}{spec.depth}" == label
 
 
@@ -132,9 +135,9 @@ def test_every_experiment_preset_composes_and_builds():
             cfg = hydra_compose("train", [f"experiment={experiment}", *swept])
             if cfg.dataset.name == "imagefolder":
                 continue
-            settings.check(cfg)
+            subject = settings.check(cfg).subject
             with torch.device("meta"):
-                model = build_model(cfg, build_datamodule(cfg))
+                model = build_model(subject, build_datamodule(subject))
             assert model.spec.depth == cfg.arch.depth, experiment
 
 

@@ -144,6 +144,17 @@ def test_an_unknown_trainer_argument_is_named_with_the_nearest(workdir):
     )
 
 
+def test_an_unknown_measure_setting_is_named_with_the_nearest(workdir):
+    line = refused_without_torch(workdir, "train", "dataset=digits", "+measure.signal_every=5")
+    assert line == "error: measure.signal_every is not a setting; the nearest that is: measure.signals_every"
+
+
+def test_accumulating_gradients_is_refused_in_one_line(workdir):
+    """A training step is one batch and one update (the module's written-out step)."""
+    line = refused_without_torch(workdir, "train", "dataset=digits", "+trainer.accumulate_grad_batches=2")
+    assert line.startswith("error: trainer.accumulate_grad_batches: ") and "dataset.batch_size" in line
+
+
 def test_the_trainer_argument_list_is_lightnings():
     import inspect
 
@@ -268,7 +279,7 @@ def test_an_analysis_of_what_is_no_finished_run_is_refused_without_torch(case, w
 def test_a_checkpoint_that_cannot_be_written_is_named_with_why(tmp_path):
     import torch
 
-    from experiments.commands.train import AtomicCheckpointIO
+    from experiments.checkpoints import AtomicCheckpointIO
     from experiments.errors import UserError
     from tests.test_resilience import files_capped_at
 

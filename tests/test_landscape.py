@@ -181,9 +181,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, session_cli) -> Path:
         from omegaconf import OmegaConf
 
         from experiments.build import build_datamodule, build_model
+        from experiments.plan import Subject
 
-        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-        fresh = build_model(OmegaConf.merge(cfg, {"arch": {"pretrained": None}}), build_datamodule(cfg))
+        subject = Subject.of(OmegaConf.load(run / ".hydra" / "config.yaml"))
+        fresh = build_model(subject, build_datamodule(subject), pretrained=False)
         torch.save({"state_dict": {f"model.{k}": v for k, v in fresh.state_dict().items()}}, init)
     return run
 

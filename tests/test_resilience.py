@@ -19,11 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.commands.train import AtomicCheckpointIO, _trainer
+from experiments.build import build_training
+from experiments.checkpoints import AtomicCheckpointIO
 from experiments.config import compose
 from experiments.device import resolve_device
 from experiments.errors import UserError
-from experiments.record import write_atomic
+from experiments.measure.instruments import Instruments
+from experiments.plan import Plan
+from experiments.record import read_rows, write_atomic
 from experiments.rundir import LOCK_NAME
 from tests.conftest import TINY
 from tests.helpers import FIXTURES, archive_messages, clean_env, run_cli, run_dirs, summary
@@ -109,21 +112,23 @@ def files_capped_at(size: int) -> Iterator[None]:
 def test_a_checkpoint_or_record_that_cannot_be_written_leaves_the_last_one_whole(tmp_path):
     """A run's trainer writes checkpoints beside their name and renames them into place: a write that
     fails part-way leaves the previous checkpoint loadable and nothing else behind."""
-    cfg = compose("train", ["arch=resnet", "arch.depth=8", *TINY])
-    checkpoint_io = _trainer(cfg, tmp_path, resolve_device(cfg), []).strategy.checkpoint_io
+    plan = Plan.of(compose("train", ["arch=resnet", "arch.depth=8", *TINY]))
+    run = build_training(plan, resolve_device(plan.recipe), Instruments(), tmp_path / "run", callbacks=[])
+    checkpoint_io = run.trainer.strategy.checkpoint_io
     assert isinstance(checkpoint_io, AtomicCheckpointIO)
-    path = tmp_path / "checkpoints" / "last.ckpt"
+    written = tmp_path / "written"  # apart from the run the trainer was built for
+    path = written / "checkpoints" / "last.ckpt"
     good = {"epoch": 1, "weights": torch.ones(100_000)}  # 0.4 MB
     checkpoint_io.save_checkpoint(good, path)
     with files_capped_at(1_000_000), pytest.raises(UserError, match="file too large"):
         checkpoint_io.save_checkpoint({"epoch": 2, "weights": torch.zeros(1_000_000)}, path)  # 4 MB
     assert torch.equal(torch.load(path)["weights"], good["weights"])
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
-    record = tmp_path / "summary.json"  # the run's other files go the same way
+    record = written / "summary.json"  # the run's other files go the same way
     write_atomic(record, "{}")
     with files_capped_at(1000), pytest.raises(OSError):
         write_atomic(record, "x" * 5000)
-    assert record.read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == [
+    assert record.read_text() == "{}" and sorted(p.name for p in written.iterdir()) == [
         "checkpoints",
         "summary.json",
     ]
@@ -184,6 +189,8 @@ def test_a_run_saved_before_the_upgrade_resumes_in_its_directory(cli, workdir):
     assert f"resuming from {old}/checkpoints/last.ckpt, saved at the end of epoch 2" in result.out
     assert run_dirs(workdir) == [old]
     assert epochs_in(old / "metrics.csv") == [0, 1, 2]
+    # its 44 steps were counted where Lightning ran the optimiser step: the third epoch goes on from there
+    assert [row["step"] for row in read_rows(old / "metrics.csv")] == ["22", "44", "66"]
     assert summary(old)["status"] == "completed" and summary(old)["epochs"] == 3
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.build import build_module
+from experiments.build import build_module, build_trainer
 from experiments.config import compose
 from experiments.device import Device, resolve_device
 from experiments.models import create_model
-from experiments.module import lr_factor
+from experiments.module import Classifier, lr_factor
+from experiments.plan import Plan
 from experiments.record import RunRecord
 from tests.conftest import TINY
 from tests.helpers import archive_messages, archive_metrics, archive_params, run_dirs, summary
@@ -210,7 +211,7 @@ def test_lightnings_short_precisions_are_recorded_and_counted_by_their_long_name
     for short, long in {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}.items():
         cfg = compose("train", [f"precision={short}", "trainer.accelerator=cpu"])
         on_cpu = "bf16-mixed" if long == "16-mixed" else long  # as Lightning trains it there
-        assert resolve_device(cfg).precision == on_cpu
+        assert resolve_device(Plan.of(cfg).recipe).precision == on_cpu
     result = cli("profile", "arch=resnet", "arch.depth=8", "dataset=digits", "precision=bf16", "logger=none")
     assert result.status == 0, result.err
     (run,) = run_dirs(workdir / "outputs")
@@ -223,7 +224,8 @@ def test_lightnings_short_precisions_are_recorded_and_counted_by_their_long_name
 def test_optimisers_are_fused_on_a_gpu_unless_the_config_or_a_grad_scaler_says(optim):
     def built(cuda: bool, *overrides: str, precision: str = "bf16-mixed") -> dict:
         cfg = compose("train", [f"optim={optim}", *overrides])
-        module = build_module(cfg, torch.nn.Linear(2, 2), Device(cuda, precision, channels_last=False))
+        recipe = Plan.of(cfg).recipe
+        module = build_module(recipe, torch.nn.Linear(2, 2), Device(cuda, precision, channels_last=False))
         return module.optimizer(module.parameters()).defaults
 
     assert built(cuda=True)["fused"] and not built(cuda=False)["fused"]
@@ -306,3 +308,27 @@ def test_deterministic_runs_repeat_bit_for_bit_on_a_gpu(cli, workdir):
     env = summary(workdir / "a")["environment"]
     assert env["deterministic"] is True and env["cudnn_benchmark"] is False
     assert summary(workdir / "a")["cuda_graph_steps"] == 0
+
+
+def test_the_step_clips_gradients_as_lightnings_trainer_argument_says(tmp_path):
+    """The written-out step clips with trainer.gradient_clip_val (which the Trainer itself does not get): one
+    plain SGD step at lr 1 moves the weights by the clipped norm exactly, and by far more without it."""
+    plan = Plan.of(
+        compose("train", ["arch=resnet", "arch.depth=8", *TINY, "+trainer.gradient_clip_val=0.01"])
+    )
+    assert plan.recipe.clip == (0.01, "norm") and "gradient_clip_val" not in plan.recipe.trainer
+
+    def moved(clip: tuple[float, str] | None) -> float:
+        torch.manual_seed(0)
+        model = create_model("resnet", depth=8, num_classes=10, in_channels=1, image_size=8)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        module = Classifier(model, lambda p: torch.optim.SGD(p, lr=1.0), {"name": "constant"}, clip=clip)
+        trainer = build_trainer(
+            None, accelerator="cpu", max_steps=1, limit_val_batches=0, default_root_dir=tmp_path
+        )
+        images, labels = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        trainer.fit(module, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), 16))
+        return (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
+
+    assert moved(plan.recipe.clip) == pytest.approx(0.01, rel=1e-3)
+    assert moved(None) > 0.1

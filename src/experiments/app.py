@@ -32,7 +32,8 @@ from experiments import rundir, settings
 from experiments.config import CONF_DIR
 from experiments.errors import RunFailed, UserError, message, one_line, traceback_wanted
 from experiments.finished import check_checkpoint_fits
-from experiments.record import read_record
+from experiments.plan import Plan
+from experiments.record import RunRecord, read_record
 from experiments.sweep import SweepRefused, SweepWatch
 from experiments.tracking.noise import silence_library_noise
 
@@ -122,22 +123,27 @@ def run_job(cfg: DictConfig, job: Job, command: str) -> Any:
     """Guard the job's directory, own it, and run the command in it."""
     with refused_leaves_nothing(job.run_dir):
         settings.check_hydra_secrets(job.hydra_cfg)
-        if done := guard(cfg, job.run_dir, command):
+        plan = guard(cfg, job.run_dir)
+        if command == "train" and (done := completed(job.run_dir)):
             return done
         fresh = not any(job.run_dir.iterdir())
         with rundir.owned(job.run_dir, rank=_rank()), run_files(cfg, job, command, fresh):
-            return _command(command)(cfg, job.run_dir, job.sweep_dir, list(job.packed_with) or None)
+            return _command(command)(plan, job.run_dir, job.sweep_dir, list(job.packed_with) or None)
 
 
-def guard(cfg: DictConfig, run_dir: Path, command: str) -> Any:
-    """Refuse a job that cannot run (UserError), or return the record of one that already completed."""
-    settings.check(cfg)
-    if cfg.get("ckpt_path"):
-        check_checkpoint_fits(cfg, Path(cfg.ckpt_path).expanduser())
+def guard(cfg: DictConfig, run_dir: Path) -> Plan:
+    """The job's plan, once every setting is checked and its directory holds no other config; a one-line
+    UserError otherwise."""
+    plan = settings.check(cfg)
+    if plan.recipe.ckpt_path:
+        check_checkpoint_fits(plan.subject, plan.recipe.ckpt_path)
     if _rank() == 0:  # the other tasks of a SLURM job follow rank 0: rundir.owned waits for its lock
         rundir.check_config(run_dir, cfg)
-    if command != "train":
-        return None
+    return plan
+
+
+def completed(run_dir: Path) -> RunRecord | None:
+    """The record of the run `run_dir` already completed, if it did: nothing is left to do."""
     try:
         previous = read_record(run_dir / "summary.json")
     except ValueError:

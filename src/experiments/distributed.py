@@ -15,23 +15,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from omegaconf import DictConfig
+    from experiments.plan import Plan
 
 WORKER_ENV = "EXPERIMENTS_DDP_RUN"
 
 
 @contextmanager
-def worker_env(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
+def worker_env(plan: Plan, run_dir: Path) -> Iterator[None]:
     """While fitting on several devices, child processes find this run's config and directory in the
     environment (on one device there are none: runs packed in one process must not share the variable)."""
-    from omegaconf import OmegaConf
-
-    if cfg.trainer.get("devices", 1) == 1 and cfg.trainer.get("num_nodes", 1) == 1:
+    trainer = plan.recipe.trainer
+    if trainer.get("devices", 1) == 1 and trainer.get("num_nodes", 1) == 1:
         yield
         return
-    os.environ[WORKER_ENV] = json.dumps(
-        {"run_dir": str(run_dir.resolve()), "config": OmegaConf.to_container(cfg, resolve=True)}
-    )
+    os.environ[WORKER_ENV] = json.dumps({"run_dir": str(run_dir.resolve()), "config": plan.config})
     try:
         yield
     finally:

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from experiments.errors import UserError
+from experiments.plan import Subject
 from experiments.record import RunRecord, read_record
 
 if TYPE_CHECKING:
@@ -75,12 +76,12 @@ def finished_record(path: Path) -> RunRecord:
 
 @dataclass
 class FinishedRun:
-    """A completed training run: where it is, its record and config, its net with the trained weights and
-    its data module (not yet set up)."""
+    """A completed training run: where it is, its record, what it trained, its net with the trained weights
+    and its data module (not yet set up)."""
 
     path: Path
     record: RunRecord
-    cfg: DictConfig
+    subject: Subject
     model: nn.Module
     datamodule: Any
 
@@ -90,11 +91,11 @@ class FinishedRun:
         from experiments.build import build_datamodule, build_model
 
         record = finished_record(path)
-        cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
-        datamodule = build_datamodule(cfg)
-        model = build_model(OmegaConf.merge(cfg, {"arch": {"pretrained": None}}), datamodule)
+        subject = Subject.of(OmegaConf.load(path / ".hydra" / "config.yaml"))
+        datamodule = build_datamodule(subject)
+        model = build_model(subject, datamodule, pretrained=False)  # the checkpoint's weights replace them
         load_weights(model, path / "checkpoints" / "last.ckpt")
-        return cls(path, record, cfg, model.eval(), datamodule)
+        return cls(path, record, subject, model.eval(), datamodule)
 
     def test_batches(self, images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The test split's first `images` images (or all, where it holds fewer), in batches, on the CPU."""
@@ -117,23 +118,21 @@ class FinishedRun:
         return batches
 
 
-def check_checkpoint_fits(cfg: DictConfig, checkpoint: Path) -> None:
-    """A ckpt_path given must hold the configured net's weights: checked before the run's directory is made
+def check_checkpoint_fits(subject: Subject, checkpoint: Path) -> None:
+    """A ckpt_path given must hold the subject's net's weights: checked before the run's directory is made
     (the one check of a job that imports torch, and only when a ckpt_path is given)."""
     from experiments.models import create_model
-    from experiments.settings import dataset_shape
 
-    classes, channels, size = dataset_shape(cfg)
-    if not classes and cfg.dataset.get("path"):  # an image folder: a class per folder of train/
-        train = Path(cfg.dataset.path).expanduser() / "train"
+    classes, channels, size = subject.data_shape
+    if not classes and subject.dataset.get("path"):  # an image folder: a class per folder of train/
+        train = Path(subject.dataset["path"]).expanduser() / "train"
         classes = sum(1 for folder in train.iterdir() if folder.is_dir()) if train.is_dir() else 0
     if classes < 2:
         return  # the data's own check refuses it, with its own line
-    arch = OmegaConf.to_container(cfg.arch, resolve=True)
-    name = arch.pop("name")
-    arch.pop("freeze", None)
-    arch["pretrained"] = None  # the checkpoint's weights replace any others
-    model = create_model(name, num_classes=classes, in_channels=channels, image_size=size, **arch)
+    options = {**subject.net_options, "pretrained": None}  # the checkpoint's weights replace any others
+    model = create_model(
+        subject.arch["name"], num_classes=classes, in_channels=channels, image_size=size, **options
+    )
     try:
         load_weights(model, checkpoint)
     except UserError as error:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from experiments.models.legacy import migrate
-from experiments.step_graph import GraphedBackward, StepGraph
+from experiments.step_graph import StepGraph
 
 
 def lr_factor(
@@ -76,11 +76,13 @@ class EpochTotals:
         return {"loss": loss_sum / count, "acc": correct / count}
 
 
-class Classifier(GraphedBackward, pl.LightningModule):
-    """Trains `model` with cross-entropy; its loss and accuracy per split and epoch, and the lr.
+class Classifier(pl.LightningModule):
+    """Trains `model` with cross-entropy: one optimiser step a batch, the whole of it in `training_step`.
 
-    With `cuda_graph`, training steps compute their gradients with a StepGraph (one CUDA graph a step),
+    `compile`: torch.compile's arguments, the model compiled once when fitting begins (counted uncompiled).
+    With `cuda_graph`, a step's forward, loss and backward run as a StepGraph (one CUDA graph a step),
     except on the steps `eager_steps` names (instruments that hook into the forward and backward pass).
+    `clip`: Lightning's gradient clipping (value, algorithm), applied after a GradScaler unscales.
     """
 
     def __init__(
@@ -91,11 +93,18 @@ class Classifier(GraphedBackward, pl.LightningModule):
         channels_last: bool = False,
         cuda_graph: bool = False,
         eager_steps: Callable[[int], bool] = lambda step: False,
+        clip: tuple[float, str] | None = None,
+        compile: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
-        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.automatic_optimization = False  # training_step is the whole step: Lightning runs none of it
+        self.model, self.optimizer, self.schedule, self.clip = model, optimizer, schedule, clip
+        self.compile_options = compile
         self.channels_last, self.cuda_graph, self.eager_steps = channels_last, cuda_graph, eager_steps
+        self.step_graph: StepGraph | None = None
         self.totals = {split: EpochTotals() for split in ("train", "val", "test")}
+        self.val_metrics: dict[str, float] = {}  # the last validation's, for the epoch's row
+        self.epoch_lr: float | None = None
         # He et al.'s warm-up rule: the step at which the training error fell below the threshold
         self.warmup_threshold: float | None = schedule.get("warmup_until_train_error")
         self.warmed_up_at: int | None = None
@@ -114,16 +123,44 @@ class Classifier(GraphedBackward, pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        if self.step_graph is not None:
+        optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        if self.step_graph is not None:  # forward, loss and backward: one CUDA graph replay
             loss, correct = self.step_graph(images, labels, eager=self.eager_steps(self.global_step))
         else:
-            loss, correct = self.compute_loss(images, labels)
+            loss, correct = self.compute_loss(images, labels)  # forward and loss
+            self.manual_backward(loss)  # backward (scaled first under a GradScaler)
+        optimizer.step()  # the hooks before the update (gradient norms, signals, clipping), then the update
+        optimizer.zero_grad()
         # Kept per step and summed once an epoch, not logged with self.log every step: Lightning's logging
         # costs 2-3 ms of CPU a call, as long as a whole ResNet-56 step on a GPU with CUDA graphs.
         self.totals["train"].add(loss, correct, len(labels))
-        if self.warmup_threshold is not None and self.warmed_up_at is None:
-            self._recent_errors.append(1 - correct / len(labels))
+        self.check(loss, correct, len(labels))
+        schedule.step()  # the next step's learning rate (lr_factor), once the check may have ended a warm-up
         return loss
+
+    def check(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> None:
+        """Stop a run whose training loss is no longer finite (Diverged); end a warm-up once the training
+        error over its window is below the threshold. All ranks decide together."""
+        warming = self.warmup_threshold is not None and self.warmed_up_at is None
+        if warming:
+            self._recent_errors.append(1 - correct / images)
+        step = self.global_step
+        if self.device.type == "cuda" and step % GPU_CHECK_EVERY and len(self._recent_errors) < WARMUP_WINDOW:
+            return
+        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
+            raise Diverged(
+                f"training loss became {loss.item()} at step {step} (epoch {self.current_epoch}); "
+                "try a lower optim.lr or a warm-up (schedule.warmup_steps)"
+            )
+        if len(self._recent_errors) >= WARMUP_WINDOW:
+            window = torch.stack(self._recent_errors[-WARMUP_WINDOW:]).mean()
+            self._recent_errors = []
+            if self.trainer.strategy.reduce(window, reduce_op="mean").item() < self.warmup_threshold:
+                self.warmed_up_at = step
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.clip is not None:  # here: after a GradScaler has unscaled the gradients
+            self.clip_gradients(optimizer, *self.clip)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         loss, correct = self.compute_loss(*batch)
@@ -133,36 +170,33 @@ class Classifier(GraphedBackward, pl.LightningModule):
         loss, correct = self.compute_loss(*batch)
         self.totals["test"].add(loss, correct, len(batch[1]))
 
-    def epoch_metrics(self, split: str) -> dict[str, float]:
-        """`split`'s mean loss and accuracy over this epoch, as `train/loss`, `train/acc`."""
+    def split_metrics(self, split: str) -> dict[str, float]:
+        """`split`'s mean loss and accuracy since it was last asked, as `train/loss`, `train/acc`."""
         means = self.totals[split].means(self.trainer.strategy, self.device)
         return {f"{split}/{key}": value for key, value in means.items()}
 
-    def on_train_batch_end(self, outputs: dict[str, torch.Tensor], batch: object, batch_idx: int) -> None:
-        step = self.trainer.global_step
-        if self.device.type == "cuda" and step % GPU_CHECK_EVERY and len(self._recent_errors) < WARMUP_WINDOW:
-            return
-        loss = outputs["loss"].detach()
-        # all ranks stop together, whichever saw it first
-        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
-            raise Diverged(
-                f"training loss became {loss.item()} at step {step} (epoch {self.current_epoch}); "
-                "try a lower optim.lr or a warm-up (schedule.warmup_steps)"
-            )
-        if len(self._recent_errors) >= WARMUP_WINDOW:
-            error = torch.stack(self._recent_errors[-WARMUP_WINDOW:]).mean()
-            self._recent_errors = []
-            if self.trainer.strategy.reduce(error, reduce_op="mean").item() < self.warmup_threshold:
-                self.warmed_up_at = step
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.epoch_metrics("val"))
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.epoch_metrics("test"))
+    def epoch_metrics(self) -> dict[str, float]:
+        """The epoch's row of the module's own figures: train and val loss and accuracy, and the learning
+        rate the epoch began with (all of metrics.csv's that the module computes; every rank calls it)."""
+        metrics = {**self.split_metrics("train"), **self.val_metrics}
+        self.val_metrics = {}
+        return metrics if self.epoch_lr is None else {**metrics, "lr": self.epoch_lr}
 
     def on_train_epoch_start(self) -> None:
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
+        self.epoch_lr = self.optimizers().param_groups[0]["lr"]
+
+    def on_validation_epoch_end(self) -> None:
+        val = self.split_metrics("val")
+        if not self.trainer.sanity_checking:  # the look at a few batches before training is no epoch's
+            self.val_metrics = val
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.split_metrics("test"))  # to the loggers, and what trainer.test returns
+
+    def configure_model(self) -> None:
+        if self.compile_options is not None:
+            self.model.compile(**self.compile_options)
+            self.compile_options = None  # once: testing after fitting runs the compiled model
 
     def on_fit_start(self) -> None:
         if self.cuda_graph:
@@ -174,6 +208,7 @@ class Classifier(GraphedBackward, pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = migrate(checkpoint["state_dict"], prefix="model.")
         self.warmed_up_at = checkpoint.get("warmed_up_at", self.warmed_up_at)
+        _count_steps_as_written_out(checkpoint)
         # A saved optimiser state carries its update's implementation (fused, foreach), and loading it would
         # override this run's: a run saved on a GPU (fused) could not resume on a CPU as configured.
         # Lightning loads the optimiser state after this hook.
@@ -191,5 +226,14 @@ class Classifier(GraphedBackward, pl.LightningModule):
     def configure_optimizers(self) -> dict:
         self._total_steps = self.trainer.estimated_stepping_batches
         optimizer = self.optimizer(p for p in self.parameters() if p.requires_grad)
-        scheduler = LambdaLR(optimizer, self._lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": LambdaLR(optimizer, self._lr_factor)}
+
+
+def _count_steps_as_written_out(checkpoint: dict) -> None:
+    """A checkpoint written while Lightning ran the optimiser step itself counts its steps there: they are
+    carried over to the count of a written-out step, so that the resumed run goes on at its global step."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    automatic = loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {})
+    manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+    if automatic.get("step") and manual is not None and not manual["total"]["completed"]:
+        loop["epoch_loop.manual_optimization.optim_step_progress"] = automatic["step"]

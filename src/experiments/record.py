@@ -15,7 +15,7 @@ from types import UnionType
 from typing import Any, BinaryIO, Union, get_args, get_origin, get_type_hints
 
 
-def run_label(net: str, depth: object, dataset: str, seed: object) -> str:
+def name_of(net: str, depth: object, dataset: str, seed: object) -> str:
     """`resnet56-cifar10-s0`: what runs, by the net's label (`RunRecord.arch`), depth, dataset and seed."""
     return f"{net}{depth}-{dataset}-s{seed}"
 
@@ -80,9 +80,9 @@ class RunRecord:
     error: str | None = None  # why it did not complete, in one line
 
     @property
-    def label(self) -> str:
+    def name(self) -> str:
         """`resnet56-cifar10-s0`: the run's name in Comet, in its log lines and in its directory's."""
-        return run_label(self.arch, self.depth, self.dataset, self.seed)
+        return name_of(self.arch, self.depth, self.dataset, self.seed)
 
     def update(self, **values: Any) -> None:
         """Set fields by name (a name that is not a field is a bug: KeyError)."""

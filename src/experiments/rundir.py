@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import settings
 from experiments.errors import UserError
-from experiments.record import run_label
+from experiments.plan import Subject
+from experiments.record import name_of
 from experiments.specs import DENSENET_DEFAULTS
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,10 @@ def run_name(parent: str = "", *, _root_: DictConfig) -> str:
         for key in ("arch.name", "arch.depth", "dataset.name", "seed")
     )
     digest = config_hash(_root_)
-    as_written = name = f"{run_label(arch, depth, dataset, seed)}-{digest}"
+    as_written = name = f"{name_of(arch, depth, dataset, seed)}-{digest}"
     try:
-        spec = settings.check_arch(_root_)
-        name = f"{run_label(spec.label, spec.depth, dataset, seed)}-{digest}"
+        spec = settings.check_arch(Subject.of(_root_))
+        name = f"{name_of(spec.label, spec.depth, dataset, seed)}-{digest}"
     except Exception:  # a config that cannot run is named as written; the job then refuses it in one line
         pass
     if parent and (Path(parent) / as_written).is_dir() and not (Path(parent) / name).exists():

@@ -8,32 +8,19 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
-import zipfile
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import secret, specs
+from experiments import precision, preflight, secret, specs
 from experiments.errors import UserError
+from experiments.plan import Measure, Plan, ProfileSteps, Subject
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # Lightning's, less those that need extra packages
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-PRECISIONS = (
-    "auto",
-    "32-true",
-    "32",
-    "16-mixed",
-    "16",
-    "bf16-mixed",
-    "bf16",
-    "16-true",
-    "bf16-true",
-    "64-true",
-    "64",
-)
 # pytorch_lightning.Trainer's arguments (a test holds this to the installed Lightning's): a config key under
 # trainer/ that is none of these is refused here, not by Lightning after torch is imported
 TRAINER_ARGUMENTS = (
@@ -134,7 +121,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "cuda_graph": (_AUTO_BOOL, "auto, true or false"),
     "deterministic": (_BOOL, "true or false"),
-    "precision": (lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "precision": (lambda v: str(v) in precision.SETTINGS, f"one of {', '.join(precision.SETTINGS)}"),
     "channels_last": (_AUTO_BOOL, "auto, true or false"),
     "ckpt_path": (_optional(lambda v: isinstance(v, str) and v != ""), "null or the path of a checkpoint"),
     "dataset.batch_size": (_int(1), "a positive integer"),
@@ -184,57 +171,19 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def check(cfg: DictConfig) -> None:
-    """Raise a one-line UserError for the first setting of `cfg` that cannot run."""
+def check(cfg: DictConfig) -> Plan:
+    """Every setting of `cfg`, then what its plan needs from this machine: the plan, or a one-line UserError
+    for the first that cannot run."""
     check_keys(cfg)
     check_trainer_keys(cfg)
+    check_own_keys(cfg)
     check_deterministic(cfg)
-    spec = check_arch(cfg)
-    check_shape(cfg, spec)
-    check_val_size(cfg)
-    check_paths(cfg)
-    check_accelerator(cfg)
-    if cfg.logger.get("name") == "comet":
-        check_comet_key(cfg.logger.get("online"))
-
-
-def check_paths(cfg: DictConfig) -> None:
-    """Files and folders the config names must be there, and be what they should."""
-    if ckpt := cfg.get("ckpt_path"):
-        path = Path(ckpt).expanduser()
-        if path.is_dir():
-            last = path / "checkpoints" / "last.ckpt"
-            hint = f" (its checkpoint: ckpt_path={last})" if last.is_file() else ""
-            raise UserError(f"ckpt_path: {path} is a folder, not a checkpoint file{hint}")
-        if not path.is_file():
-            raise UserError(f"ckpt_path: {path} does not exist")
-        if not _is_checkpoint(path):
-            raise UserError(
-                f"ckpt_path: {path} is not a PyTorch checkpoint (a zip archive that torch.save wrote)"
-            )
-    if cfg.dataset.get("_target_", "").endswith("ImageFolderData"):
-        check_imagefolder_root(Path(cfg.dataset.path).expanduser())
-    if data_dir := cfg.dataset.get("data_dir"):
-        check_data_dir(Path(data_dir).expanduser())
-
-
-def check_data_dir(path: Path) -> None:
-    """Where downloaded datasets go: a folder, or nothing yet (it is made when a download needs it)."""
-    if path.exists() and not path.is_dir():
-        named_by = " (EXPERIMENTS_DATA_DIR)" if os.environ.get("EXPERIMENTS_DATA_DIR") == str(path) else ""
-        raise UserError(
-            f"dataset.data_dir{named_by}: {path} is a file, not a folder; name a folder for the datasets"
-        )
-
-
-def check_imagefolder_root(root: Path) -> None:
-    """An image-folder dataset's root must hold train/ and val/ folders."""
-    for folder in ("train", "val"):
-        if not (root / folder).is_dir():
-            raise UserError(
-                f"dataset.path: {root / folder} is not a folder; imagefolder needs PATH/train/<class>/ "
-                "and PATH/val/<class>/ image folders"
-            )
+    plan = Plan.of(cfg)
+    spec = check_arch(plan.subject)
+    check_shape(plan, spec)
+    check_val_size(plan.subject.dataset)
+    preflight.check(plan)
+    return plan
 
 
 def check_deterministic(cfg: DictConfig) -> None:
@@ -256,6 +205,12 @@ def check_trainer_keys(cfg: DictConfig) -> None:
                 f"trainer.deterministic: set deterministic={cfg.trainer[key]} instead (it also keeps the "
                 "steps eager and cuDNN's autotuner off)"
             )
+        if key == "accumulate_grad_batches" and cfg.trainer[key] != 1:
+            raise UserError(
+                "trainer.accumulate_grad_batches: a training step here is one batch and one update; batch "
+                "norm normalises each batch alone, so accumulated batches are not a larger one: set "
+                "dataset.batch_size instead"
+            )
         if str(key).startswith("_") or key in TRAINER_ARGUMENTS:
             continue
         (nearest,) = difflib.get_close_matches(str(key), TRAINER_ARGUMENTS, n=1, cutoff=0) or ("?",)
@@ -264,9 +219,19 @@ def check_trainer_keys(cfg: DictConfig) -> None:
         )
 
 
-def check_val_size(cfg: DictConfig) -> None:
+def check_own_keys(cfg: DictConfig) -> None:
+    """measure/ and profile/ are the project's own settings: a key neither has is named, with the nearest."""
+    for group, known in (("measure", Measure), ("profile", ProfileSteps)):
+        names = [f.name for f in fields(known)]
+        for key in cfg.get(group) or {}:
+            if key not in names:
+                (nearest,) = difflib.get_close_matches(str(key), names, n=1, cutoff=0)
+                raise UserError(f"{group}.{key} is not a setting; the nearest that is: {group}.{nearest}")
+
+
+def check_val_size(dataset: dict[str, Any]) -> None:
     """A validation split must leave training images, where the dataset's size is known before loading."""
-    name, val_size = cfg.dataset.name, cfg.dataset.get("val_size")
+    name, val_size = dataset["name"], dataset.get("val_size")
     images = specs.TRAIN_IMAGES.get(name)
     if images is None or not isinstance(val_size, int) or val_size < images:
         return
@@ -274,42 +239,6 @@ def check_val_size(cfg: DictConfig) -> None:
         f"dataset.val_size={val_size} leaves no training images: {name} has {images:,} for training and "
         f"validation together; use at most {images - 1:,}"
     )
-
-
-def check_accelerator(cfg: DictConfig) -> None:
-    """A GPU asked for must be there (the one check that imports torch, and only when a GPU is asked for)."""
-    accelerator = cfg.trainer.get("accelerator", "auto")
-    if accelerator in ("gpu", "cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"trainer.accelerator={accelerator} but no CUDA GPU is visible here; use trainer=cpu or "
-                "trainer=default"
-            )
-
-
-def check_comet_key(online: str | bool | None) -> None:
-    """logger.online=true needs a Comet API key (looked for only then)."""
-    if online is True and not comet_api_key():
-        raise UserError("logger.online=true but no Comet API key: set COMET_API_KEY or run `comet login`")
-
-
-def comet_api_key() -> str | None:
-    """The Comet API key as comet_ml finds it: COMET_API_KEY, else its config file (read only when asked:
-    importing comet_ml takes a second)."""
-    from comet_ml.config import get_api_key, get_config
-
-    return get_api_key(None, get_config())
-
-
-def _is_checkpoint(path: Path) -> bool:
-    """A file that torch.save wrote: a zip archive holding a pickle (read without torch)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("data.pkl") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
 
 
 def check_keys(cfg: DictConfig) -> None:
@@ -339,14 +268,15 @@ def _shown(value: Any) -> str:
     )
 
 
-def check_arch(cfg: DictConfig) -> specs.Spec:
-    """The arch config as the spec it builds, or a one-line UserError naming what is wrong."""
-    arch = OmegaConf.to_container(cfg.arch, resolve=True)
-    name = arch.pop("name")
-    pretrained = arch.pop("pretrained", None)
-    arch.pop("freeze", None)
+def check_arch(subject: Subject) -> specs.Spec:
+    """The subject's arch as the spec it builds, or a one-line UserError naming what is wrong."""
+    options = dict(subject.net_options)
+    pretrained = options.pop("pretrained", None)
+    image_size = subject.data_shape[2]
     try:
-        spec = specs.resolve(name, image_size=dataset_shape(cfg)[2], pretrained=bool(pretrained), **arch)
+        spec = specs.resolve(
+            subject.arch["name"], image_size=image_size, pretrained=bool(pretrained), **options
+        )
     except ValueError as error:
         raise UserError(f"arch: {error}") from None
     if pretrained not in (None, "torchvision"):
@@ -356,42 +286,24 @@ def check_arch(cfg: DictConfig) -> specs.Spec:
     return spec
 
 
-def dataset_shape(cfg: DictConfig) -> tuple[int, int, int]:
-    """(classes, channels, image size) of the configured dataset; 0 classes where only the files can say."""
-    name = cfg.dataset.name
-    if name in specs.DATASETS:
-        return specs.DATASETS[name]
-    return (
-        cfg.dataset.get("num_classes", 0),
-        cfg.dataset.get("channels", 3),
-        cfg.dataset.get("image_size", 32),
-    )
-
-
-def check_shape(cfg: DictConfig, spec: specs.Spec) -> None:
+def check_shape(plan: Plan, spec: specs.Spec) -> None:
     """Refuse images too small for the net: its pools would shrink them to nothing, or batch norm would get a
     single value per channel in training."""
-    size = dataset_shape(cfg)[2]
+    size = plan.subject.data_shape[2]
     smallest = specs.min_image_size(spec)
     if size < smallest:
         raise UserError(
             f"{spec.label}{spec.depth} needs images of at least {smallest} px ({spec.form} form, {spec.stem} "
             f"stem); the dataset's are {size} px"
         )
-    key, batch = batch_size(cfg)
+    key, batch = "dataset.batch_size", plan.subject.dataset["batch_size"]
+    if plan.profile and plan.profile.batch_size:  # profile's steps take its own batch
+        key, batch = "profile.batch_size", plan.profile.batch_size
     if batch * specs.final_map_size(spec, size) ** 2 < 2:
         raise UserError(
             f"{key}={batch} with {size} px images leaves batch norm one value per channel at the last "
             "stage; use a batch of 2 or more"
         )
-
-
-def batch_size(cfg: DictConfig) -> tuple[str, int]:
-    """The batch a command's steps take and the key that set it: profile.batch_size for `profile` (where
-    set), else dataset.batch_size."""
-    if profile_batch := OmegaConf.select(cfg, "profile.batch_size"):
-        return "profile.batch_size", profile_batch
-    return "dataset.batch_size", cfg.dataset.batch_size
 
 
 def check_hydra_secrets(hydra_cfg: DictConfig) -> None:

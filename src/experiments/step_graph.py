@@ -110,26 +110,3 @@ class StepGraph:
         self.replays += 1
         # the next replay overwrites the graph's outputs: callers get their own copies
         return tuple(output.clone() for output in self.outputs)
-
-
-class GraphedBackward:
-    """For a LightningModule whose training_step computes the gradients with `self.step_graph` (when it is
-    not None): Lightning's backward and zero_grad would redo or undo that, so they do nothing then. The
-    gradients are those of the loss the StepGraph computed, which it returns detached: a loss that still
-    carries autograd history had a term added to it afterwards, which would get no gradient. That is refused,
-    on every device alike."""
-
-    step_graph: StepGraph | None = None
-
-    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        if self.step_graph is None:
-            super().backward(loss, *args, **kwargs)
-        elif loss.requires_grad:
-            raise RuntimeError(
-                "with cuda_graph, training_step must return the loss its StepGraph computed, unchanged: the "
-                "gradients were computed inside the step (run with cuda_graph=false to train another loss)"
-            )
-
-    def optimizer_zero_grad(self, *args, **kwargs) -> None:
-        if self.step_graph is None:
-            super().optimizer_zero_grad(*args, **kwargs)

@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from experiments.commands.analysis import OneLineParser, main_over_runs, positive_int
 from experiments.commands.landscape import (
     add_common_options,
     device_of,
@@ -20,6 +19,7 @@ from experiments.commands.landscape import (
     timed,
     write_measurement,
 )
+from experiments.over_runs import OneLineParser, main_over_runs, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def curvature(run_dir: Path, options: argparse.Namespace) -> str:
     from experiments.measure.landscape import working_copy
 
     run = open_run(run_dir, options.init)
-    label = run.record.label + (" (initial weights)" if options.init else "")
+    label = run.record.name + (" (initial weights)" if options.init else "")
     device = device_of(options.device)
     batches = fixed_images(run, options.images, options.split, options.seed)
     images = sum(len(labels) for _, labels in batches)

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from experiments.commands.analysis import OneLineParser, main_over_runs, positive_int
 from experiments.environment import environment
 from experiments.errors import UserError
+from experiments.over_runs import OneLineParser, main_over_runs, positive_int
 
 log = logging.getLogger(__name__)
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -213,7 +213,7 @@ def _initial_state(run: Any, options: argparse.Namespace) -> dict[str, torch.Ten
     checkpoint = run.path / "checkpoints" / "init.ckpt"
     if not checkpoint.is_file():
         log.info(
-            f"{run.record.label}: no checkpoints/init.ckpt (trained before it was saved): no interpolation"
+            f"{run.record.name}: no checkpoints/init.ckpt (trained before it was saved): no interpolation"
         )
         return None
     initial = copy.deepcopy(run.model)
@@ -247,7 +247,7 @@ def landscape(run_dir: Path, options: argparse.Namespace) -> str:
     _, seconds = timed(lambda: measure.loss_and_error(net, batches))
     initial = _initial_state(run, options)
     parts, passes = _plan(options, initial is not None)
-    label = run.record.label + (" (initial weights)" if options.init else "")
+    label = run.record.name + (" (initial weights)" if options.init else "")
     cost = duration(passes * seconds)
     log.info(f"{label}: {' + '.join(parts)} = {passes} passes over {images} images, about {cost}")
     generator = torch.Generator().manual_seed(options.seed)

@@ -7,7 +7,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from experiments.commands.analysis import OneLineParser, main_over_runs, positive_int
+from experiments.over_runs import OneLineParser, main_over_runs, positive_int
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def lesion(run_dir: Path, options: argparse.Namespace) -> str:
         else "no block deletable"
     )
     where = run_dir / "lesion.csv"
-    return f"{run.record.label}: test error {100 * intact:.1f}% intact; one block deleted: {rise} ({where})"
+    return f"{run.record.name}: test error {100 * intact:.1f}% intact; one block deleted: {rise} ({where})"
 
 
 def over_seeds(run_dirs: list[Path]) -> list[str]:
@@ -62,7 +62,7 @@ def over_seeds(run_dirs: list[Path]) -> list[str]:
     for summary in lesion_summaries(find_runs(run_dirs)):
         if len(summary.config.runs) < 2:
             continue
-        net = f"{summary.config.runs[0].label} on {summary.config.runs[0].dataset}"
+        net = f"{summary.config.runs[0].net} on {summary.config.runs[0].dataset}"
         untrained = ", ".join(
             f"seed {r.get('seed')} ({100 * intact_error(r):.0f}%)" for r in summary.untrained
         )

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from experiments.commands.analysis import OneLineParser, main_over_runs, positive_int
 from experiments.commands.landscape import (
     add_common_options,
     duration,
@@ -21,6 +20,7 @@ from experiments.commands.landscape import (
     write_measurement,
 )
 from experiments.errors import UserError
+from experiments.over_runs import OneLineParser, main_over_runs, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def paths(run_dir: Path, options: argparse.Namespace) -> str:
     from experiments.measure import paths as measure
 
     run = open_run(run_dir, options.init)
-    label = run.record.label + (" (initial weights)" if options.init else "")
+    label = run.record.name + (" (initial weights)" if options.init else "")
     blocks = len(measure.residual_blocks(run.model))
     if not blocks:
         raise UserError(f"{run_dir}: {label} has no residual blocks: path lengths are a residual net's")

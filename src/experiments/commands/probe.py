@@ -11,36 +11,40 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
-from experiments.build import build_datamodule, build_model, new_record
+from experiments.build import build_datamodule, build_model, build_optimizer, new_record
 from experiments.data import Synthetic
-from experiments.device import build_optimizer, resolve_device
+from experiments.device import resolve_device
+from experiments.environment import environment
 from experiments.errors import RunFailed, UserError, describe
 from experiments.finished import load_weights
+from experiments.measure.counts import record_counts
 from experiments.measure.signals import StepSignals, WeightSignals
+from experiments.plan import Plan
 from experiments.record import RunRecord, write_record, write_rows
 
 log = logging.getLogger(__name__)
 
 
 def probe(
-    cfg: DictConfig, run_dir: Path, sweep: str | None = None, packed_with: list[str] | None = None
+    plan: Plan, run_dir: Path, sweep: str | None = None, packed_with: list[str] | None = None
 ) -> RunRecord:
     """Measure one training step of the configured net and write signals.csv and summary.json."""
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)  # called directly (benchmarks), not through app
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg)
-    datamodule = build_datamodule(cfg)
-    images, labels, source = first_batch(cfg, datamodule)
-    model = build_model(cfg, datamodule)
-    if cfg.ckpt_path:
-        load_weights(model, Path(cfg.ckpt_path).expanduser())
-    record = new_record("probe", cfg, model, datamodule, device, sweep, packed_with)
+    checkpoint = plan.recipe.ckpt_path
+    torch.manual_seed(plan.subject.seed)
+    device = resolve_device(plan.recipe)
+    datamodule = build_datamodule(plan.subject)
+    images, labels, source = first_batch(datamodule, plan.subject.seed)
+    model = build_model(plan.subject, datamodule)
+    if checkpoint:
+        load_weights(model, checkpoint)
+    record = new_record("probe", plan, model, datamodule, device, sweep, packed_with)
+    record.update(**record_counts(model, datamodule, device.precision), environment=environment(device.cuda))
     model = model.to("cuda" if device.cuda else "cpu").train()
     images, labels = images.to(next(model.parameters()).device), labels.to(next(model.parameters()).device)
-    optimizer = build_optimizer(cfg, device)(p for p in model.parameters() if p.requires_grad)
+    optimizer = build_optimizer(plan.recipe.optim, device)(p for p in model.parameters() if p.requires_grad)
     try:
         rows = measure_step(model, images, labels, optimizer)
     except Exception as error:  # out of memory, most likely: the record says so
@@ -50,12 +54,12 @@ def probe(
     write_rows(run_dir / "signals.csv", rows)
     record.update(status="completed", data=source, wall_time_s=round(time.perf_counter() - started, 2))
     write_record(run_dir / "summary.json", record)
-    origin = f"from {cfg.ckpt_path}" if cfg.ckpt_path else "at initialisation"
-    log.info(table(f"{record.label} {origin}, one {source} batch of {record.batch_size}", rows))
+    origin = f"from {checkpoint}" if checkpoint else "at initialisation"
+    log.info(table(f"{record.name} {origin}, one {source} batch of {record.batch_size}", rows))
     return record
 
 
-def first_batch(cfg: DictConfig, datamodule: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
+def first_batch(datamodule: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """A training batch of real images where the dataset is here (nothing is downloaded), else random
     images of its shape; and which it is."""
     if hasattr(datamodule, "batches"):  # an in-memory dataset
@@ -65,7 +69,7 @@ def first_batch(cfg: DictConfig, datamodule: Any) -> tuple[torch.Tensor, torch.T
                 return (*next(iter(datamodule.batches("train", torch.device("cpu")))), "real")
         except UserError:  # not here: torchvision's files are missing
             pass
-        data = Synthetic.like(datamodule, datamodule.batch_size, cfg.seed)
+        data = Synthetic.like(datamodule, datamodule.batch_size, seed)
         data.setup("fit")
         return (*next(iter(data.batches("train", torch.device("cpu")))), "random")
     return (*next(iter(datamodule.train_dataloader())), "real")

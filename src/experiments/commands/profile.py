@@ -6,14 +6,14 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
-
-from experiments import settings
 from experiments.build import build_datamodule, build_model, build_module, build_trainer, new_record
 from experiments.data import Synthetic
-from experiments.device import resolve_device, use_cuda_graph
+from experiments.device import resolve_device
+from experiments.environment import environment
 from experiments.errors import RunFailed, describe
 from experiments.measure.cost import TrainingCost
+from experiments.measure.counts import record_counts
+from experiments.plan import Plan
 from experiments.record import RunRecord, write_record
 from experiments.step_graph import WARMUP_STEPS
 from experiments.tracking import comet
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def profile(
-    cfg: DictConfig, run_dir: Path, sweep: str | None = None, packed_with: list[str] | None = None
+    plan: Plan, run_dir: Path, sweep: str | None = None, packed_with: list[str] | None = None
 ) -> RunRecord:
     """Build the model, time a few training steps, and write its record (the training-only keys null).
 
@@ -32,19 +32,20 @@ def profile(
     """
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)  # called directly (benchmarks), not through app
-    device = resolve_device(cfg)
-    dataset = build_datamodule(cfg)  # for its shape only: nothing is loaded or downloaded
-    dataset.batch_size = settings.batch_size(cfg)[1]
-    model = build_model(cfg, dataset)
-    record = new_record("profile", cfg, model, dataset, device, sweep, packed_with)
-    warmup = cfg.profile.warmup_steps
-    if use_cuda_graph(cfg, device):
+    device = resolve_device(plan.recipe)
+    dataset = build_datamodule(plan.subject)  # for its shape only: nothing is loaded or downloaded
+    dataset.batch_size = plan.profile.batch_size or dataset.batch_size
+    model = build_model(plan.subject, dataset)
+    record = new_record("profile", plan, model, dataset, device, sweep, packed_with)
+    record.update(**record_counts(model, dataset, device.precision), environment=environment(device.cuda))
+    warmup = plan.profile.warmup_steps
+    if device.cuda_graph:
         warmup = max(warmup, WARMUP_STEPS + 1)
-    steps = warmup + cfg.profile.steps
-    data = Synthetic.like(dataset, steps * dataset.batch_size, cfg.seed)
+    steps = warmup + plan.profile.steps
+    data = Synthetic.like(dataset, steps * dataset.batch_size, plan.subject.seed)
     cost = TrainingCost(warmup_steps=warmup, measure_memory=not packed_with)
     trainer = build_trainer(
-        cfg,
+        plan.recipe,
         devices=1,
         strategy="auto",
         max_steps=steps,
@@ -54,10 +55,10 @@ def profile(
         default_root_dir=run_dir,
     )
     tracker = comet.start(
-        cfg.logger, run_dir, record.label, ["profile", *comet.run_tags(record)], record=record
+        plan.logger, run_dir, record.name, ["profile", *comet.run_tags(record)], record=record
     )
     try:
-        trainer.fit(build_module(cfg, model, device), datamodule=data)
+        trainer.fit(build_module(plan.recipe, model, device), datamodule=data)
         record.update(status="completed", **cost.summary())
     except Exception as error:  # out of memory, most likely: the record says so
         record.error = describe(error)

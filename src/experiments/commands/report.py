@@ -7,8 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from experiments.commands.analysis import OneLineParser
 from experiments.errors import UserError, is_user_error, message, traceback_wanted
+from experiments.over_runs import OneLineParser
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,9 @@ def _log_to_comet(runs: list, out: Path, figures: list[Path], online: str | bool
     curves (tracking.dashboard), report.md and the runs table."""
     from dataclasses import replace
 
-    from experiments.settings import check_comet_key
+    from experiments.plan import configured_logger
+    from experiments.preflight import check_comet_key
     from experiments.tracking import comet, dashboard
-    from experiments.tracking.settings import configured_logger
 
     check_comet_key(online)  # a run's guard checks it before the run; the report has no guard
     sweeps = sorted({f"sweep:{run.get('sweep')}" for run in runs if run.get("sweep")})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.commands.analysis import OneLineParser, main_over_runs
+from experiments.over_runs import OneLineParser, main_over_runs
 from experiments.record import RunRecord
 
 
@@ -27,7 +27,7 @@ def reuse(run_dir: Path, options: argparse.Namespace) -> str:
     from experiments.measure.reuse import write_feature_reuse
 
     run = FinishedRun.open(run_dir)
-    return f"{run.record.label}: {write_feature_reuse(run.model, run_dir)}"
+    return f"{run.record.name}: {write_feature_reuse(run.model, run_dir)}"
 
 
 def densenets_only(run_dir: Path, record: RunRecord) -> str | None:

@@ -31,7 +31,7 @@ from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from experiments.errors import UserError
-from experiments.settings import check_imagefolder_root
+from experiments.preflight import check_imagefolder_root
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

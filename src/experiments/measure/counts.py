@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
+
+from experiments.precision import DTYPES
 
 
 def count_params(model: nn.Module) -> int:
@@ -54,17 +57,6 @@ def saved_bytes(compute: Callable[[], object], exclude: Iterable[torch.Tensor] =
     return sum(held.values())
 
 
-# Lightning precision -> (autocast dtype or None, dtype of the weights and inputs)
-PRECISION_DTYPES = {
-    "32-true": (None, torch.float32),
-    "64-true": (None, torch.float64),
-    "bf16-mixed": (torch.bfloat16, torch.float32),
-    "16-mixed": (torch.float16, torch.float32),
-    "bf16-true": (None, torch.bfloat16),
-    "16-true": (None, torch.float16),
-}
-
-
 def activation_bytes(model: nn.Module, batch_shape: tuple[int, ...], precision: str = "32-true") -> int:
     """Bytes held for backward in one training step (forward and loss) of `batch_shape` at `precision`.
 
@@ -72,7 +64,9 @@ def activation_bytes(model: nn.Module, batch_shape: tuple[int, ...], precision: 
     memory-efficient one; parameters are not counted. Mixed precisions count what autocast keeps (by
     PyTorch's CPU autocast rules, which cast these nets' convolutions as the CUDA rules do).
     """
-    autocast, dtype = PRECISION_DTYPES.get(str(precision), (None, torch.float32))
+    autocast, dtype = (
+        getattr(torch, name) if name else None for name in DTYPES.get(precision, DTYPES["32-true"])
+    )
     with FakeTensorMode(allow_non_fake_inputs=True):
         state = {
             name: torch.empty(
@@ -93,3 +87,22 @@ def activation_bytes(model: nn.Module, batch_shape: tuple[int, ...], precision: 
             return saved_bytes(step, exclude=[state[name] for name, _ in model.named_parameters()])
         finally:
             model.train(was_training)
+
+
+def record_counts(model: nn.Module, data: Any, precision: str, flops: bool = True) -> dict[str, int]:
+    """A run record's counts of `model` for batches of `data` (its batch_size, in_channels, image_size):
+    parameters and, with `flops`, FLOPs and MACs per image and the bytes held for backward in fp32 and at
+    `precision` (traced once where the two keep the same dtypes)."""
+    if not flops:
+        return {"params": count_params(model)}
+    batch = (data.batch_size, data.in_channels, data.image_size, data.image_size)
+    flops_per = flops_per_image(model, batch[1:])
+    fp32 = activation_bytes(model, batch)
+    same = DTYPES.get(precision, DTYPES["32-true"]) == DTYPES["32-true"]
+    return {
+        "params": count_params(model),
+        "flops_per_image": flops_per,
+        "macs_per_image": flops_per // 2,
+        "activation_bytes": fp32,
+        "activation_bytes_at_precision": fp32 if same else activation_bytes(model, batch, precision),
+    }

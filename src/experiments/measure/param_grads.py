@@ -65,3 +65,16 @@ class ParamGradNorms(pl.Callback):
         means = {name: (total / self._count).item() for name, total in self._sums.items()}
         self._sums, self._count = {}, 0
         return {f"{PREFIX}{name}": mean for name, mean in means.items()}
+
+
+def per_epoch(rows: list[dict]) -> dict[str, list[float | None]] | None:
+    """Each part's mean norm in each epoch, from metrics.csv's rows (the columns `end_epoch` names), in the
+    net's order: stem, stage1, stage2, ..., head; None where no row has any."""
+    stages = sorted(
+        int(key.removeprefix(f"{PREFIX}stage"))
+        for key in {k for row in rows for k in row}
+        if key.startswith(f"{PREFIX}stage")
+    )
+    parts = ["stem", *(f"stage{i}" for i in stages), "head"]
+    norms = {part: [row.get(f"{PREFIX}{part}") for row in rows] for part in parts}
+    return {part: values for part, values in norms.items() if any(v is not None for v in values)} or None

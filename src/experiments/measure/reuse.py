@@ -60,6 +60,7 @@ def feature_reuse(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def write_feature_reuse(model: nn.Module, run_dir: Path) -> Path:
-    path = run_dir / "feature_reuse.csv"
-    write_rows(path, feature_reuse(model))
-    return path
+    """feature_reuse.csv in `run_dir`: the trained DenseNet's map."""
+    rows = feature_reuse(model)
+    write_rows(run_dir / "feature_reuse.csv", rows)
+    return run_dir / "feature_reuse.csv"

@@ -58,9 +58,7 @@ class Group:
     def name(self) -> str:
         """`resnet-56 on cifar10, optim.lr=0.1 [E2]`: its row in the report's tables."""
         detail = f", {self.detail}" if self.detail else ""
-        return f"{self.first.label} on {self.first.dataset}{detail}" + (
-            f" [{self.tag}]" if self.tagged else ""
-        )
+        return f"{self.first.net} on {self.first.dataset}{detail}" + (f" [{self.tag}]" if self.tagged else "")
 
     @property
     def seeds(self) -> list[int]:
@@ -154,7 +152,7 @@ def differences(runs: list[Run]) -> dict[int, str]:
     dataset (`optim.lr=0.1, schedule.warmup_steps=22`); empty where it is the only config of its net."""
     by_net: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
-        by_net[(run.label, run.dataset)].append(run)
+        by_net[(run.net, run.dataset)].append(run)
     found = {id(run): "" for run in runs}
     for same_net in by_net.values():
         flats = [flatten(json.loads(config_key(run))) for run in same_net]
@@ -204,7 +202,7 @@ class Comparison:
         if not self.resolved:
             return f"unresolved: the interval holds 0 (p = {self.p_value:.2g})"
         higher = self.a if self.difference > 0 else self.b
-        return f"{higher.first.label} higher (p = {self.p_value:.2g})"
+        return f"{higher.first.net} higher (p = {self.p_value:.2g})"
 
 
 def compare(a: Group, b: Group, metric: str) -> Comparison:

@@ -116,7 +116,7 @@ class Run:
         return self.arch + self._variant
 
     @property
-    def label(self) -> str:
+    def net(self) -> str:
         """`plain-56`, `densenet_bc-100 memory-efficient`: the net as the papers name it."""
         return f"{self.arch}-{self.depth}{self._variant}"
 

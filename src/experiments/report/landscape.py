@@ -57,7 +57,7 @@ def _log_mean_band(
 def _name(config: over_seeds.Config) -> str:
     """A config's line in a legend and row in a table: its name with the dataset."""
     first, detail = config.runs[0], f", {config.detail}" if config.detail else ""
-    return f"{first.label} on {first.dataset}{detail} (n={len(config.runs)})"
+    return f"{first.net} on {first.dataset}{detail} (n={len(config.runs)})"
 
 
 def _draw_bands(
@@ -147,7 +147,7 @@ def landscape_2d(runs: list[Run], out: Path) -> list[Figure]:
         )
         fig.colorbar(contours, ax=ax, fraction=0.046, label="training loss")  # the same levels in each
         ax.plot(0, 0, "k+")  # the trained weights
-        title = f"{run.label} on {run.dataset}, seed {run.get('seed')}"
+        title = f"{run.net} on {run.dataset}, seed {run.get('seed')}"
         ax.set(title=title, xlabel="direction 1", ylabel="direction 2", aspect="equal")
     for ax in axes.flat[len(shown) :]:
         ax.axis("off")

@@ -140,7 +140,7 @@ def lesion(runs: list[Run], out: Path) -> list[Figure]:
         first = summary.config.runs[0]
         style = {"color": colors[first.depth], "linestyle": LINESTYLES.get(first.arch, ":")}
         trained = [run for run in summary.config.runs if run not in summary.untrained]
-        label = f"{first.label} (n={len(trained)})"
+        label = f"{first.net} (n={len(trained)})"
         if summary.untrained:
             shown = ", ".join(f"{100 * intact_error(r):.0f}%" for r in summary.untrained)
             label += f"; {len(summary.untrained)} did not train (intact {shown}): left out"
@@ -209,7 +209,7 @@ def feature_reuse(runs: list[Run], out: Path) -> list[Figure]:
             ax.set(
                 xlabel="source (0: the block's input)",
                 ylabel="target layer",
-                title=f"{run.label}, dense block {block}",
+                title=f"{run.net}, dense block {block}",
             )
     shown = f" (the first {len(runs)} of {len(measured)} runs)" if len(measured) > len(runs) else ""
     fig.suptitle(f"Feature reuse: mean absolute weight a layer gives each earlier layer's maps{shown}")

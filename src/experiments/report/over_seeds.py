@@ -37,12 +37,12 @@ class Config:
         first = self.runs[0]
         detail = f", {self.detail}" if self.detail else ""
         return (
-            first.label + detail + (" (probe)" if first.command == "probe" else "") + f" (n={len(self.runs)})"
+            first.net + detail + (" (probe)" if first.command == "probe" else "") + f" (n={len(self.runs)})"
         )
 
     @property
     def net(self) -> tuple[str, str]:
-        return self.runs[0].label, self.runs[0].dataset
+        return self.runs[0].net, self.runs[0].dataset
 
 
 def by_config(runs: list[Run]) -> list[Config]:

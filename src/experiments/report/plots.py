@@ -214,7 +214,7 @@ def accuracy_vs_params(runs: list[Run], out: Path) -> list[Figure]:
         )
         for r in group:
             ax.annotate(
-                r.label,
+                r.net,
                 (r.get("params") / 1e6, 100 * (1 - r.get("test_error"))),
                 fontsize=8,
                 xytext=(4, 4),
@@ -246,7 +246,7 @@ def param_grad_norms(runs: list[Run], out: Path) -> list[Figure]:
         for part, norms in run.get("param_grad_norms").items():
             points = [(epoch, n) for epoch, n in enumerate(norms, 1) if n]
             ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=part)
-        ax.set(yscale="log", xlabel="epoch", title=f"{run.label} on {run.dataset}")
+        ax.set(yscale="log", xlabel="epoch", title=f"{run.net} on {run.dataset}")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("parameter-gradient norm (epoch mean)")

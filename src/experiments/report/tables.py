@@ -179,7 +179,7 @@ def disagreements_section(disagreements: list[aggregate.Disagreement]) -> str:
     ]
     for d in disagreements:
         lines.append(
-            f"| {d.a.first.label} on {d.a.first.dataset} | {d.a.tag}, {d.b.tag} | {len(d.seeds)} "
+            f"| {d.a.first.net} on {d.a.first.dataset} | {d.a.tag}, {d.b.tag} | {len(d.seeds)} "
             f"| {100 * statistics.median(d.gaps):.2f} points | {100 * max(d.gaps):.2f} points |"
         )
     return "\n".join(lines)
@@ -287,7 +287,7 @@ def lesion_section(runs: list[Run]) -> str | None:
             f"{r.get('seed')} ({_percent(over_seeds.intact_error(r))})" for r in summary.untrained
         )
         cells = [
-            summary.config.runs[0].label,
+            summary.config.runs[0].net,
             mean_sd(summary.intact),
             _points(summary.mean_rise),
             _points(summary.largest_rise),

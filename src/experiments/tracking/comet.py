@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from experiments import settings
+from experiments import preflight
+from experiments.plan import LoggerSettings
 from experiments.record import RunRecord
 from experiments.tracking import dashboard
 from experiments.tracking.comet_experiment import (
@@ -32,30 +32,26 @@ from experiments.tracking.comet_logs import note, route_library_logs
 from experiments.tracking.comet_server import VersionProbe, server_url
 from experiments.tracking.deadline import within
 from experiments.tracking.loggers import CometLogger
-from experiments.tracking.settings import LoggerSettings
 
-__all__ = ["CometRun", "LoggerSettings", "note", "run_tags", "start"]
+__all__ = ["CometRun", "note", "run_tags", "start"]
 
 log = logging.getLogger(__name__)
 
 
 def start(
-    logger: LoggerSettings | Mapping[str, Any],
+    logger: LoggerSettings,
     run_dir: Path,
     name: str,
     tags: list[str],
     resume_epoch: int | None = None,
     record: RunRecord | None = None,
 ) -> CometRun | None:
-    """The run's Comet experiment, or None unless the logger is comet (a `logger` config is read as
-    LoggerSettings.from_config reads it).
+    """The run's Comet experiment, or None unless the logger is comet.
 
     A resumed run (`resume_epoch`) continues the experiment whose key its run directory kept. Comet never
     fails the run: a comet/ folder that cannot be written disables it (mode "disabled", one line), a server
     that cannot be used makes it offline (one line). `record` gives the parameters a dashboard groups by.
     """
-    if not isinstance(logger, LoggerSettings):
-        logger = LoggerSettings.from_config(logger)
     if logger.name != "comet":
         return None
     folder = run_dir / "comet"
@@ -127,7 +123,7 @@ class CometRun:
         import comet_ml  # after SETTINGS: some are read at import
 
         route_library_logs(folder / "comet.log")  # reading the key may already log
-        api_key = settings.comet_api_key()
+        api_key = preflight.comet_api_key()
         route_library_logs(folder / "comet.log", secret=api_key)
         secrets = {api_key} if api_key else set()
         options = experiment_options(logger, name, tags, folder, key)

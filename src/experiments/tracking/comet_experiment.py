@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
+from experiments.plan import LoggerSettings
 from experiments.tracking.comet_logs import note
 from experiments.tracking.comet_server import HTTP_TIMEOUT_S, VersionProbe, Watch, exception_chain, why
 from experiments.tracking.deadline import within
-from experiments.tracking.settings import LoggerSettings
 
 # An online start makes a handful of requests in sequence (version, experiment, status, ...), each bounded by
 # HTTP_TIMEOUT_S: a server slow to answer each still gets its experiment within this.

@@ -1,5 +1,5 @@
-"""What the analysis commands (lesion, reuse, ...) share: their command line, one line per run that cannot
-be read (said before torch is imported), and a non-zero exit when any could not."""
+"""The commands over finished runs (lesion, reuse, landscape, paths, curvature): their command line, one line
+per run that cannot be read (said before torch is imported), and a non-zero exit when any could not."""
 
 from __future__ import annotations
 
