@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, at most 8 minutes on one modern GPU, in four passes:
 # 1. the GPU tests: steps replayed as a CUDA graph (cuda_graph, on by default on one GPU) compute what eager
-#    steps do, in fp32 and bf16, train as Lightning's own backward does, and a train command completes;
+#    steps do, in fp32 and bf16, train as the eager step does, and a train command completes;
 # 2. images/s and peak memory of the project's train path, of Lightning's loop alone around a hand-written
 #    step and of the hand-written loop, all with the same optimisations (bf16 autocast, channels_last,
 #    cudnn.benchmark, a fused optimiser, the dataset held on the GPU, each step's forward and backward as

@@ -37,11 +37,18 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.optim.lr_scheduler import LambdaLR
 
-from experiments.build import build_datamodule, build_model, build_optimizer, build_trainer, prepare_model
+from experiments.build import build_datamodule, build_model, build_trainer
 from experiments.commands.train import train
 from experiments.config import compose
 from experiments.data.arrays import TensorBatches
-from experiments.device import Device, resolve_device, use_cuda_graph
+from experiments.device import (
+    Device,
+    build_optimizer,
+    compile_options,
+    prepare_model,
+    resolve_device,
+    use_cuda_graph,
+)
 from experiments.measure.cost import TrainingCost
 from experiments.measure.memory import PeakMemory
 from experiments.module import lr_factor
@@ -153,6 +160,8 @@ def hand_written(cfg: DictConfig) -> HandWritten:
     data = build_datamodule(plan.subject)
     data.setup()
     model = prepare_model(plan.recipe, build_model(plan.subject, data), settings).to(device)
+    if (options := compile_options(plan.recipe.compile)) is not None:  # as the project's module does
+        model.compile(**options)
     model.train()
     optimizer = build_optimizer(plan.recipe.optim, settings)(model.parameters())
     batches = data.batches("train", device)

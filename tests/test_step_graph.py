@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiments.build import build_datamodule, build_model, build_optimizer, build_trainer
+from experiments.build import build_datamodule, build_model, build_trainer
 from experiments.config import compose
-from experiments.device import Device, use_cuda_graph
+from experiments.device import Device, build_optimizer, use_cuda_graph
 from experiments.errors import UserError
 from experiments.measure.param_grads import ParamGradNorms
 from experiments.models import create_model
@@ -158,7 +158,7 @@ def test_a_replayed_step_computes_what_an_eager_one_does(dtype):
 
 
 @needs_gpu
-def test_replayed_steps_train_as_lightnings_own_backward_does_on_a_gpu():
+def test_replayed_steps_train_as_the_eager_step_does_on_a_gpu():
     expected, expected_norms = fit(cuda_graph=False, accelerator="cuda")
     graphed, norms = fit(cuda_graph=True, accelerator="cuda")
     # the first steps and each epoch's short last batch run eagerly; every other step is a replay

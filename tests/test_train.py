@@ -8,13 +8,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from experiments.build import build_module, build_trainer
 from experiments.config import compose
 from experiments.device import Device, resolve_device
 from experiments.models import create_model
-from experiments.module import Classifier, lr_factor
+from experiments.module import Classifier, lr_factor, share_buffers
 from experiments.plan import Plan
 from experiments.record import RunRecord
 from tests.conftest import TINY
@@ -332,3 +333,50 @@ def test_the_step_clips_gradients_as_lightnings_trainer_argument_says(tmp_path):
 
     assert moved(plan.recipe.clip) == pytest.approx(0.01, rel=1e-3)
     assert moved(None) > 0.1
+
+
+def _shared_buffers_of_rank(rank: int, store: str, out: str) -> None:
+    """One rank of two: its net's batch-norm statistics made its own, then shared from rank 0."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    model = create_model("resnet", depth=8, num_classes=10, in_channels=1, image_size=8)
+    for buffer in model.buffers():
+        buffer.fill_(rank + 1)
+    share_buffers(model, world_size=2)
+    torch.save([b.clone() for b in model.buffers()], f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_train_with_rank_0s_batch_norm_statistics(tmp_path):
+    """Under manual optimisation Lightning keeps DDP from sharing buffers before each forward: the module
+    shares them itself, so that every rank's batch norm holds rank 0's running statistics."""
+    out = str(tmp_path / "buffers")
+    torch.multiprocessing.spawn(_shared_buffers_of_rank, args=(str(tmp_path / "store"), out), nprocs=2)
+    zero, one = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    assert len(zero) > 3 and all(
+        torch.equal(a, b) and bool((a == 1).all()) for a, b in zip(zero, one, strict=True)
+    )
+
+
+class LearningRates(pl.Callback):
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *_: object) -> None:
+        self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_the_step_after_a_warm_up_ends_still_runs_at_a_tenth_of_the_rate(tmp_path):
+    """He et al.'s rule: the check that ends the warm-up runs after the step's schedule, so the rate rises
+    one step after the training error fell below the threshold (an error under 0.99: after the window of
+    ten batches)."""
+    model = create_model("resnet", depth=8, num_classes=10, in_channels=1, image_size=8)
+    schedule = {"name": "constant", "warmup_until_train_error": 0.99}
+    module = Classifier(model, lambda p: torch.optim.SGD(p, lr=1.0), schedule)
+    rates = LearningRates()
+    trainer = build_trainer(
+        None, accelerator="cpu", max_steps=14, callbacks=[rates], default_root_dir=tmp_path
+    )
+    images, labels = torch.randn(14 * 4, 1, 8, 8), torch.randint(0, 10, (14 * 4,))
+    trainer.fit(module, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), 4))
+    assert module.warmed_up_at == 10
+    assert rates.seen == pytest.approx([0.1] * 11 + [1.0] * 3)

@@ -124,18 +124,19 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        share_buffers(self.model, self.trainer.world_size)  # DDP: rank 0's batch-norm statistics
         if self.step_graph is not None:  # forward, loss and backward: one CUDA graph replay
             loss, correct = self.step_graph(images, labels, eager=self.eager_steps(self.global_step))
         else:
             loss, correct = self.compute_loss(images, labels)  # forward and loss
+            optimizer.zero_grad()  # here, as in a hand-written loop: the last gradients outlive the forward
             self.manual_backward(loss)  # backward (scaled first under a GradScaler)
         optimizer.step()  # the hooks before the update (gradient norms, signals, clipping), then the update
-        optimizer.zero_grad()
+        schedule.step()  # the next step's learning rate: a warm-up the check below ends still holds for it
         # Kept per step and summed once an epoch, not logged with self.log every step: Lightning's logging
         # costs 2-3 ms of CPU a call, as long as a whole ResNet-56 step on a GPU with CUDA graphs.
         self.totals["train"].add(loss, correct, len(labels))
         self.check(loss, correct, len(labels))
-        schedule.step()  # the next step's learning rate (lr_factor), once the check may have ended a warm-up
         return loss
 
     def check(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> None:
@@ -185,6 +186,12 @@ class Classifier(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.epoch_lr = self.optimizers().param_groups[0]["lr"]
 
+    def on_validation_epoch_start(self) -> None:
+        share_buffers(self.model, self.trainer.world_size)
+
+    def on_test_epoch_start(self) -> None:
+        share_buffers(self.model, self.trainer.world_size)
+
     def on_validation_epoch_end(self) -> None:
         val = self.split_metrics("val")
         if not self.trainer.sanity_checking:  # the look at a few batches before training is no epoch's
@@ -227,6 +234,21 @@ class Classifier(pl.LightningModule):
         self._total_steps = self.trainer.estimated_stepping_batches
         optimizer = self.optimizer(p for p in self.parameters() if p.requires_grad)
         return {"optimizer": optimizer, "lr_scheduler": LambdaLR(optimizer, self._lr_factor)}
+
+
+def share_buffers(model: nn.Module, world_size: int) -> None:
+    """Rank 0's buffers (batch norm's running statistics) on every rank, one broadcast per dtype. DDP shares
+    them before each forward it runs itself; under manual optimisation Lightning turns that off."""
+    if world_size < 2:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for buffer in model.buffers():
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for buffers in by_dtype.values():
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        torch.distributed.broadcast(flat, src=0)
+        for buffer, value in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
+            buffer.copy_(value.view_as(buffer))
 
 
 def _count_steps_as_written_out(checkpoint: dict) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from experiments.build import build_datamodule, build_model, build_optimizer, new_record
+from experiments.build import build_datamodule, build_model, new_record
 from experiments.data import Synthetic
-from experiments.device import resolve_device
+from experiments.device import build_optimizer, resolve_device
 from experiments.environment import environment
 from experiments.errors import RunFailed, UserError, describe
 from experiments.finished import load_weights

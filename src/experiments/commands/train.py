@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
 from experiments import distributed
@@ -40,14 +39,10 @@ def train(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     device = resolve_device(plan.recipe)
     instruments = Instruments.build(plan.recipe.measure, run_dir, shared_process=bool(packed_with))
-    tty = sys.stdout.isatty()
-    callbacks = [
-        EpochRecord(
-            run_dir / "metrics.csv", print_lines=not tty, prefix=f"{run_dir.name}: " if packed_with else ""
-        ),
-        *([RichProgressBar()] if tty else []),
-    ]
-    run = build_training(plan, device, instruments, run_dir, callbacks, sweep=sweep, packed_with=packed_with)
+    epochs = EpochRecord(run_dir / "metrics.csv", print_lines=not sys.stdout.isatty())
+    run = build_training(plan, device, instruments, run_dir, [epochs], sweep=sweep, packed_with=packed_with)
+    if packed_with:  # runs packed in one process share its log: each epoch's line says whose it is
+        epochs.prefix = f"{run.record.name}: "
     if rank_zero_only.rank == 0:
         log.info(
             f"{run.record.name}: {run.record.params:,} parameters, {run.record.stem} stem, run dir {run_dir}"
@@ -82,13 +77,15 @@ def train(
 
 
 def _final_epoch(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """The record's figures of the final epoch, from metrics.csv's last row."""
+    """The record's figures of the final epoch, from metrics.csv: the last row, and the last that validated
+    (validation may skip epochs: trainer.check_val_every_n_epoch)."""
     final = rows[-1] if rows else {}
+    validated = next((row for row in reversed(rows) if "val/acc" in row), {})
     return {
         "train_error": _error(final.get("train/acc")),
-        "val_error": _error(final.get("val/acc")),
+        "val_error": _error(validated.get("val/acc")),
         "train_loss": final.get("train/loss"),
-        "val_loss": final.get("val/loss"),
+        "val_loss": validated.get("val/loss"),
     }
 
 
