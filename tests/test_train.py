@@ -311,6 +311,7 @@ def test_deterministic_runs_repeat_bit_for_bit_on_a_gpu(cli, workdir):
     assert summary(workdir / "a")["cuda_graph_steps"] == 0
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_the_step_clips_gradients_as_lightnings_trainer_argument_says(tmp_path):
     """The written-out step clips with trainer.gradient_clip_val (which the Trainer itself does not get): one
     plain SGD step at lr 1 moves the weights by the clipped norm exactly, and by far more without it."""
@@ -365,6 +366,7 @@ class LearningRates(pl.Callback):
         self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_the_step_after_a_warm_up_ends_still_runs_at_a_tenth_of_the_rate(tmp_path):
     """He et al.'s rule: the check that ends the warm-up runs after the step's schedule, so the rate rises
     one step after the training error fell below the threshold (an error under 0.99: after the window of
