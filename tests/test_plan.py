@@ -20,9 +20,9 @@ def test_the_guard_turns_the_config_into_its_plan():
         plan.subject.seed == 3 and plan.subject.arch["depth"] == 20 and plan.subject.data_shape == (10, 1, 8)
     )
     assert plan.recipe.clip == (1.0, "norm") and "gradient_clip_val" not in plan.recipe.trainer
-    assert (
-        plan.recipe.measure == Measure() and plan.recipe.ckpt_path is None and not plan.recipe.deterministic
-    )
+    as_conf_says = Measure(enabled=True, warmup_steps=5, grad_norm_every=20, signals_every="auto")
+    assert plan.recipe.measure == as_conf_says
+    assert plan.recipe.ckpt_path is None and not plan.recipe.deterministic
     assert plan.logger == LoggerSettings("csv") and plan.profile is None
     assert plan.config == OmegaConf.to_container(cfg, resolve=True)
 

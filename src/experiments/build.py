@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from experiments.checkpoints import (
     save_initial_weights,
 )
 from experiments.device import Device, build_optimizer, cluster_plugins, compile_options, prepare_model
+from experiments.environment import environment
 from experiments.errors import UserError
 from experiments.measure.counts import record_counts
 from experiments.measure.instruments import Instruments
@@ -113,10 +114,11 @@ def new_record(
     sweep: str | None = None,
     packed_with: list[str] | None = None,
 ) -> RunRecord:
-    """A run's record before its first step: what runs and where. What the model costs (`record_counts`) and
-    the environment that computes it are the command's to add: a training run reads its environment once
-    its Trainer has set the numerical flags (checkpoints.Segments)."""
-    spec = model.spec
+    """A run's record before its first step: what runs, where, and (unless measure.enabled is false for a
+    training run) what the model costs in FLOPs and activation memory, counted on tensors without data. A
+    training run's environment is read once its Trainer has set the numerical flags (checkpoints.Segments)."""
+    spec, training = model.spec, command == "train"
+    counted = not training or plan.recipe.measure.enabled
     return RunRecord(
         command=command,
         arch=spec.label,
@@ -132,9 +134,11 @@ def new_record(
         device=device.name,
         sweep=sweep,
         packed_with=packed_with,
+        **record_counts(model, datamodule, device.precision, flops=counted),
         paper_test_error=paper_test_error(spec, datamodule.name, augmented(plan.subject.dataset))
-        if command == "train"
+        if training
         else None,
+        environment=None if training else environment(device.cuda),
     )
 
 
@@ -183,9 +187,6 @@ def build_training(
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],
     )
     module = build_module(plan.recipe, model, device, eager_steps=instruments.is_signal_step)
-    record = replace(
-        record, **record_counts(model, datamodule, device.precision, plan.recipe.measure.enabled)
-    )
     resume = Resume.find(plan.recipe.ckpt_path, run_dir)
     if resume.path is None and rank_zero_only.rank == 0:
         save_initial_weights(model, run_dir / "checkpoints" / "init.ckpt")

@@ -54,12 +54,12 @@ class Subject:
 
 @dataclass(frozen=True)
 class Measure:
-    """What a training run measures while it trains (conf/train.yaml's `measure`)."""
+    """What a training run measures while it trains (conf/train.yaml's `measure`, where the defaults are)."""
 
-    enabled: bool = True
-    warmup_steps: int = 5  # steps at the start of each fit that are not timed
-    grad_norm_every: int = 20  # optimiser steps between parameter-gradient norms; 0: off
-    signals_every: int | str = "auto"  # signals.csv's steps: auto, every k-th, or 0 (off)
+    enabled: bool
+    warmup_steps: int  # steps at the start of each fit that are not timed
+    grad_norm_every: int  # optimiser steps between parameter-gradient norms; 0: off
+    signals_every: int | str  # signals.csv's steps: auto, every k-th, or 0 (off)
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class Plan:
 
     @classmethod
     def of(cls, cfg: DictConfig | dict[str, Any]) -> Plan:
-        """The plan of a composed (and checked: settings.check) config."""
+        """The plan of a composed (and checked: settings.check) config: conf/ gives every key its default."""
         config = _resolved(cfg)
         trainer = {k: v for k, v in config["trainer"].items() if k not in CLIPPING}
         clip = config["trainer"].get("gradient_clip_val")
@@ -153,19 +153,19 @@ class Plan:
             schedule=config["schedule"],
             trainer=trainer,
             clip=(float(clip), config["trainer"].get("gradient_clip_algorithm") or "norm") if clip else None,
-            precision=str(config.get("precision", "auto")),
-            channels_last=config.get("channels_last", "auto"),
-            compile=config.get("compile", False),
-            cuda_graph=config.get("cuda_graph", "auto"),
-            deterministic=bool(config.get("deterministic", False)),
-            memory_efficient=bool(arch.get("memory_efficient", False)),
-            measure=Measure(**config.get("measure", {})),
+            precision=str(config["precision"]),
+            channels_last=config["channels_last"],
+            compile=config["compile"],
+            cuda_graph=config["cuda_graph"],
+            deterministic=config["deterministic"],
+            memory_efficient=arch["memory_efficient"],
+            measure=Measure(**config["measure"]),
             ckpt_path=Path(config["ckpt_path"]).expanduser() if config.get("ckpt_path") else None,
         )
         return cls(
             subject=Subject.of(config),
             recipe=recipe,
-            logger=LoggerSettings.from_config(config.get("logger", {"name": "none"})),
+            logger=LoggerSettings.from_config(config["logger"]),
             config=config,
             profile=ProfileSteps(**config["profile"]) if "profile" in config else None,
         )

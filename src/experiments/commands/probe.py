@@ -15,10 +15,8 @@ import torch.nn.functional as F
 from experiments.build import build_datamodule, build_model, new_record
 from experiments.data import Synthetic
 from experiments.device import build_optimizer, resolve_device
-from experiments.environment import environment
 from experiments.errors import RunFailed, UserError, describe
 from experiments.finished import load_weights
-from experiments.measure.counts import record_counts
 from experiments.measure.signals import StepSignals, WeightSignals
 from experiments.plan import Plan
 from experiments.record import RunRecord, write_record, write_rows
@@ -41,7 +39,6 @@ def probe(
     if checkpoint:
         load_weights(model, checkpoint)
     record = new_record("probe", plan, model, datamodule, device, sweep, packed_with)
-    record.update(**record_counts(model, datamodule, device.precision), environment=environment(device.cuda))
     model = model.to("cuda" if device.cuda else "cpu").train()
     images, labels = images.to(next(model.parameters()).device), labels.to(next(model.parameters()).device)
     optimizer = build_optimizer(plan.recipe.optim, device)(p for p in model.parameters() if p.requires_grad)

@@ -9,10 +9,8 @@ from pathlib import Path
 from experiments.build import build_datamodule, build_model, build_module, build_trainer, new_record
 from experiments.data import Synthetic
 from experiments.device import resolve_device
-from experiments.environment import environment
 from experiments.errors import RunFailed, describe
 from experiments.measure.cost import TrainingCost
-from experiments.measure.counts import record_counts
 from experiments.plan import Plan
 from experiments.record import RunRecord, write_record
 from experiments.step_graph import WARMUP_STEPS
@@ -37,7 +35,6 @@ def profile(
     dataset.batch_size = plan.profile.batch_size or dataset.batch_size
     model = build_model(plan.subject, dataset)
     record = new_record("profile", plan, model, dataset, device, sweep, packed_with)
-    record.update(**record_counts(model, dataset, device.precision), environment=environment(device.cuda))
     warmup = plan.profile.warmup_steps
     if device.cuda_graph:
         warmup = max(warmup, WARMUP_STEPS + 1)

@@ -43,7 +43,8 @@ def train(
     run = build_training(plan, device, instruments, run_dir, [epochs], sweep=sweep, packed_with=packed_with)
     if packed_with:  # runs packed in one process share its log: each epoch's line says whose it is
         epochs.prefix = f"{run.record.name}: "
-    if rank_zero_only.rank == 0:
+    leader = rank_zero_only.rank == 0  # rank 0 logs and records the run
+    if leader:
         log.info(
             f"{run.record.name}: {run.record.params:,} parameters, {run.record.stem} stem, run dir {run_dir}"
         )
@@ -51,12 +52,11 @@ def train(
             log.info(f"resuming from {run.resume.path}, saved at the end of epoch {run.resume.epoch + 1}")
     resumed_at = (run.resume.epoch, run.resume.step)
     tracker, run.trainer.loggers = open_loggers(
-        plan.logger, run_dir, run.record, plan.config, resumed_at, tracked=rank_zero_only.rank == 0
+        plan.logger, run_dir, run.record, plan.config, resumed_at, tracked=leader
     )
     outcome = fit_and_test(run.trainer, run.module, run.datamodule, run.resume.path, plan, run_dir)
-    summary = run_dir / "summary.json" if rank_zero_only.rank == 0 else None  # rank 0 records the run
+    summary = run_dir / "summary.json" if leader else None
     if summary is not None:
-        cost = instruments.summary()
         if outcome.status == "completed" and isinstance(run.model, DenseNet):
             write_feature_reuse(run.model, run_dir)
         rows = read_metrics(run_dir / "metrics.csv")
@@ -64,7 +64,7 @@ def train(
         run.record.update(
             **outcome.fields,
             **_final_epoch(rows),
-            **cost,
+            **instruments.summary(),
             cuda_graph_steps=steps,
             param_grad_norms=per_epoch(rows),
         )
